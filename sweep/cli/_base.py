@@ -1,0 +1,22 @@
+"""Base class of `sweep` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one clear message, exit status 2."""
+
+
+class Command:
+    """One `sweep` subcommand. Subclasses set `name` and `help` and implement the two methods."""
+
+    name: str = ""
+    help: str = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
