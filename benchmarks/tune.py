@@ -1,0 +1,71 @@
+"""Tuning sweep for the CUDA kernels' tile shapes (developer tool; the shipped defaults come from its results).
+
+    python benchmarks/tune.py            # times spmm over (J, P) and sddmm over slots per thread
+    python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
+
+Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_NB (batch sub-tiles of 32
+per block), SPARSELAYER_SPMM_J (rows per block / 32),
+SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SDDMM_SLOTS (8 or 16).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import bench, random_csr  # noqa: E402
+from sparselayer import _cuda, ops  # noqa: E402
+from sparselayer.csr import transpose_index  # noqa: E402
+
+CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99)]
+SPMM = [(None, None, None), (1, 16, 512), (1, 8, 256), (2, 8, 256), (2, 4, 512), (2, 4, 256), (2, 2, 512)]  # NB, J, P
+SLOTS = [16, 8]
+
+
+def setenv(name, value):
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = str(value)
+
+
+def main():
+    _cuda.ensure_loaded()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    once = "--once" in sys.argv
+    for n_in, n_out, batch, sp in CASES[:1] if once else CASES:
+        crow, col, values = random_csr(n_out, n_in, sp, g)
+        x = torch.randn(batch, n_in, device="cuda", generator=g)
+        dy = torch.randn(batch, n_out, device="cuda", generator=g)
+        if once:
+            ops.spmm(crow, col, values, x, n_out)
+            ops.sddmm(crow, col, dy, x)
+            torch.cuda.synchronize()
+            return
+        ccol, row, perm = transpose_index(crow, col, n_in)
+        ref = ops.spmm(crow, col, values, x, n_out)
+        line = [f"{n_in}x{n_out} b{batch} {sp}:"]
+        for nb, j, p in SPMM:
+            setenv("SPARSELAYER_SPMM_NB", nb)
+            setenv("SPARSELAYER_SPMM_J", j)
+            setenv("SPARSELAYER_SPMM_P", p)
+            y = ops.spmm(crow, col, values, x, n_out)
+            assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), (nb, j, p)
+            line.append(f"spmm NB{nb}/J{j}/P{p} {bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
+        for name in ("SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P"):
+            setenv(name, None)
+        ref_sd = ops.sddmm(crow, col, dy, x)
+        for slots in SLOTS:
+            setenv("SPARSELAYER_SDDMM_SLOTS", slots)
+            assert torch.allclose(ops.sddmm(crow, col, dy, x), ref_sd, rtol=1e-4, atol=1e-3), slots
+            line.append(f"sddmm S{slots} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
+        setenv("SPARSELAYER_SDDMM_SLOTS", None)
+        print(" | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+// Shared pieces of the sparselayer CUDA kernels: argument checks, launch helpers, and the two ways a
+// (batch tile x column panel) slice of a dense (batch, n) matrix is staged in shared memory.
+//
+// Every fp32 kernel works on batch tiles of kBt = 32 rows of the dense operand: a tile column (32 batch
+// values) is 128 bytes, i.e. 8 float4 chunks, one per lane of an 8-lane group. Dense operands arrive as
+// (batch, n) with any strides; tiles are read straight from that layout (no transpose copy).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sparselayer {
+
+constexpr int kThreads = 256;  // threads per block of every fp32 kernel
+constexpr int kBt = 32;        // batch tile
+constexpr int kLanes = 8;      // lanes per row group: 8 x float4 = 32 batch values
+
+// --- host helpers -----------------------------------------------------------------------------------
+
+void check_index(const at::Tensor& t, const char* name);
+void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like);
+int num_sms(int device);
+// Largest dynamic shared memory (bytes) a block may opt into on this device.
+int max_smem_optin(int device);
+// float4 loads are legal: unit column stride, 16-byte aligned rows.
+bool can_vectorise(const at::Tensor& m);
+// Integer value of an environment variable, 0 when unset (tuning overrides for benchmarks/tune.py).
+int env_int(const char* name);
+
+// pp[p * n_rows + r] = first position k in row r (of the CSR ptr/idx) with idx[k] >= p * P, for
+// p = 0 .. n_panels (the last entry is the row end).  int32 (n_panels + 1, n_rows).
+at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t n_rows, int64_t n_cols, int P);
+
+// y (batch, n_out) = x (batch, n_cols) @ A^T for the CSR matrix A = (ptr, idx, vals[perm]) of n_out rows
+// (perm undefined: vals in index order). spmm calls it with W's CSR, spmm_t with W's CSC index and perm.
+at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                           const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
+
+// --- device helpers ----------------------------------------------------------------------------------
+
+// Swizzled tile [P][32]: column c of the panel holds its 32 batch values as 8 float4 chunks, chunk q stored
+// at slot q ^ ((c >> 2) & 7). An 8-lane group reading one column (lane l -> chunk l) touches 8 distinct
+// bank quads, and the transposing stores of load_tile_swizzled are conflict-free too.
+__device__ __forceinline__ int swizzled_chunk(int c, int q) {
+  return c * kBt + (((q ^ (c >> 2)) & 7) << 2);
+}
+
+// Both tile loaders issue U independent loads per thread before storing any (U loads in flight: a load
+// loop that waits on each load in turn was latency-bound, ~600 cycles per L2 round trip).
+
+// Stage m[b0 : b0+32, c0 : c0+P] (zero outside the matrix) into the swizzled tile ts. P % 32 == 0.
+// m is (nrows, ncols) with strides (sb, sc); vec: sc == 1, ncols % 4 == 0, rows 16-byte aligned.
+template <int U>
+__device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const float* __restrict__ m,
+                                                   int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
+                                                   int b0, int c0, int P) {
+  if (vec) {
+    // Item i: 8 consecutive lanes read 8 consecutive float4 (128 contiguous bytes) of one batch row.
+    const int n4 = kBt * (P / 4);
+    for (int i0 = threadIdx.x; i0 < n4; i0 += U * kThreads) {
+      float4 v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        const int cq = ((i >> 8) << 3) | (i & 7);  // column quad within the panel
+        const int gb = b0 + ((i >> 3) & (kBt - 1)), gc = c0 + 4 * cq;
+        v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4 && gb < nrows && gc < ncols) v[u] = __ldg(reinterpret_cast<const float4*>(m + gb * sb + gc));
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n4) {
+          const int cq = ((i >> 8) << 3) | (i & 7);
+          const int b = (i >> 3) & (kBt - 1);
+          float* dst = ts + swizzled_chunk(4 * cq, b >> 2) + (b & 3);
+          dst[0] = v[u].x;
+          dst[kBt] = v[u].y;
+          dst[2 * kBt] = v[u].z;
+          dst[3 * kBt] = v[u].w;
+        }
+      }
+    }
+  } else {
+    const int n = kBt * P;
+    for (int i0 = threadIdx.x; i0 < n; i0 += U * kThreads) {
+      float v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
+        v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        const int b = i & (kBt - 1);
+        if (i < n) ts[swizzled_chunk(i >> 5, b >> 2) + (b & 3)] = v[u];
+      }
+    }
+  }
+}
+
+// Stage m[b0 : b0+32, c0 : c0+W] into the plain tile ts [W][32] (column c at ts + 32 c). Consecutive lanes
+// take consecutive batch rows, so the transposing stores hit 32 distinct banks. W % 4 == 0.
+template <int U>
+__device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const float* __restrict__ m,
+                                                int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
+                                                int b0, int c0, int W) {
+  if (vec) {
+    const int n4 = kBt * (W / 4);
+    for (int i0 = threadIdx.x; i0 < n4; i0 += U * kThreads) {
+      float4 v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        const int gb = b0 + (i & (kBt - 1)), gc = c0 + 4 * (i >> 5);
+        v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4 && gb < nrows && gc < ncols) v[u] = __ldg(reinterpret_cast<const float4*>(m + gb * sb + gc));
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n4) {
+          float* dst = ts + 4 * (i >> 5) * kBt + (i & (kBt - 1));
+          dst[0] = v[u].x;
+          dst[kBt] = v[u].y;
+          dst[2 * kBt] = v[u].z;
+          dst[3 * kBt] = v[u].w;
+        }
+      }
+    }
+  } else {
+    const int n = kBt * W;
+    for (int i0 = threadIdx.x; i0 < n; i0 += U * kThreads) {
+      float v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
+        v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n) ts[i] = v[u];  // ts[c * 32 + b] with c = i >> 5, b = i & 31
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void fma4(float4& acc, float v, const float4& x) {
+  acc.x = fmaf(v, x.x, acc.x);
+  acc.y = fmaf(v, x.y, acc.y);
+  acc.z = fmaf(v, x.z, acc.z);
+  acc.w = fmaf(v, x.w, acc.w);
+}
+
+}  // namespace sparselayer

@@ -1,0 +1,232 @@
+"""Typed wrappers for the sparselayer ops, plus their fake (meta) and autograd registrations.
+
+The device-specific kernels register elsewhere against the schemas in `_library.py` (CPU: `cpu/`, CUDA:
+`csrc/`, loaded by `_cuda.ensure_loaded()`); the dispatcher picks one by the tensors' device. What lives
+here is device independent:
+
+* `spmm`, `spmm_t`, `sddmm`: the three products (schemas in `_library.py`), each with `register_fake` (so
+  `torch.compile` can trace them) and `register_autograd` in terms of the other two, so gradients of any
+  order are sparse products too.
+* `linear`: `spmm` plus bias that also takes W's transposed (CSC) index, so its backward uses the index
+  the layer keeps instead of re-sorting it every step. `SparseLinear` calls this one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library  # noqa: F401  (defines the schemas)
+from .csr import pointers, row_indices, transpose_index
+
+__all__ = ["spmm", "spmm_t", "sddmm", "linear"]
+
+
+def _ensure_backend(a: torch.Tensor, b: torch.Tensor) -> None:
+    # While torch.compile traces, the fake implementations below do this instead (they run as plain
+    # Python during tracing), which keeps this branch out of the traced graph.
+    if (a.is_cuda or b.is_cuda) and not torch.compiler.is_compiling():
+        from . import _cuda
+
+        _cuda.ensure_loaded()
+
+
+def _check_dense(name: str, t: torch.Tensor, dtype: torch.dtype, width: int | None, what: str) -> None:
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, {what}), got shape {tuple(t.shape)}")
+    if width is not None and t.shape[1] != width:
+        raise ValueError(f"{name} has {t.shape[1]} columns but the weight has {width} {what}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} is {t.dtype} but the weight values are {dtype}; cast one to match")
+
+
+def _check_index(crow: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | None) -> None:
+    if crow.dtype != torch.int64 or idx.dtype != torch.int64:
+        raise TypeError(f"CSR indices must be int64, got {crow.dtype} and {idx.dtype}")
+    if values is not None and values.shape != idx.shape:
+        raise ValueError(f"values has shape {tuple(values.shape)} but the index has {tuple(idx.shape)} nonzeros")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wrappers
+
+
+def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """y = x @ W^T for W = CSR(crow, col, values) of shape (n_out, x.shape[1]). x: (batch, n_in) -> (batch, n_out)."""
+    _check_index(crow, col, values)
+    _check_dense("x", x, values.dtype, None, "inputs")
+    if crow.shape[0] != n_out + 1:
+        raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
+    _ensure_backend(values, x)
+    return torch.ops.sparselayer.spmm.default(crow, col, values, x, n_out)
+
+
+def spmm_t(
+    ccol: torch.Tensor, row: torch.Tensor, perm: torch.Tensor, values: torch.Tensor, grad_y: torch.Tensor, n_in: int
+) -> torch.Tensor:
+    """grad_x = grad_y @ W through W's CSC index (ccol, row, perm). grad_y: (batch, n_out) -> (batch, n_in)."""
+    _check_index(ccol, row, values)
+    _check_dense("grad_y", grad_y, values.dtype, None, "outputs")
+    if ccol.shape[0] != n_in + 1:
+        raise ValueError(f"ccol has {ccol.shape[0]} entries but n_in = {n_in} needs {n_in + 1}")
+    _ensure_backend(values, grad_y)
+    return torch.ops.sparselayer.spmm_t.default(ccol, row, perm, values, grad_y, n_in)
+
+
+def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad_values[j] = <grad_y[:, row_j], x[:, col_j]>: grad_y^T @ x at W's nonzeros only. -> (nnz,)."""
+    _check_index(crow, col, None)
+    _check_dense("grad_y", grad_y, x.dtype, crow.shape[0] - 1, "outputs")
+    _check_dense("x", x, grad_y.dtype, None, "inputs")
+    if grad_y.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_y has batch {grad_y.shape[0]} but x has batch {x.shape[0]}")
+    _ensure_backend(grad_y, x)
+    return torch.ops.sparselayer.sddmm.default(crow, col, grad_y, x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fake implementations: output metadata only (nnz is col's length, so no data-dependent shapes).
+
+
+@torch.library.register_fake("sparselayer::spmm")
+def _spmm_fake(crow, col, values, x, n_out):
+    _ensure_backend_fake(x)
+    return x.new_empty((x.shape[0], n_out))
+
+
+@torch.library.register_fake("sparselayer::spmm_t")
+def _spmm_t_fake(ccol, row, perm, values, grad_y, n_in):
+    _ensure_backend_fake(grad_y)
+    return grad_y.new_empty((grad_y.shape[0], n_in))
+
+
+@torch.library.register_fake("sparselayer::sddmm")
+def _sddmm_fake(crow, col, grad_y, x):
+    _ensure_backend_fake(x)
+    return x.new_empty((col.shape[0],))
+
+
+def _ensure_backend_fake(t: torch.Tensor) -> None:
+    # A compiled graph calls the ops without going through the wrappers, so the CUDA kernels must be
+    # loaded by the time tracing is done; tracing always runs the fake implementations first.
+    if t.device.type == "cuda":
+        from . import _cuda
+
+        _cuda.ensure_loaded()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd: every derivative is again one of the three sparse products.
+
+
+def _csr_from_csc(ccol, row, perm, n_out):
+    """CSR (crow, col) of W from its CSC index: the inverse of csr.transpose_index."""
+    nnz = row.shape[0]
+    col = torch.empty_like(row)
+    col[perm] = row_indices(ccol, nnz)  # the column of each nonzero, scattered back to CSR order
+    return pointers(row, n_out), col
+
+
+def _spmm_setup(ctx, inputs, output):
+    crow, col, values, x, n_out = inputs
+    ctx.save_for_backward(crow, col, values, x)
+
+
+def _spmm_backward(ctx, grad):
+    crow, col, values, x = ctx.saved_tensors
+    grad_values = grad_x = None
+    if ctx.needs_input_grad[3]:
+        # Standalone spmm has no CSC index at hand; SparseLinear uses `linear`, which keeps one.
+        ccol, row, perm = transpose_index(crow, col, x.shape[1])
+        grad_x = spmm_t(ccol, row, perm, values, grad, x.shape[1])
+    if ctx.needs_input_grad[2]:
+        grad_values = sddmm(crow, col, grad, x)
+    return None, None, grad_values, grad_x, None
+
+
+def _spmm_t_setup(ctx, inputs, output):
+    ccol, row, perm, values, grad_y, n_in = inputs
+    ctx.save_for_backward(ccol, row, perm, values, grad_y)
+
+
+def _spmm_t_backward(ctx, grad):  # grad: (batch, n_in), the cotangent of grad_x = grad_y @ W
+    ccol, row, perm, values, grad_y = ctx.saved_tensors
+    crow, col = _csr_from_csc(ccol, row, perm, grad_y.shape[1])
+    grad_values = grad_grad_y = None
+    if ctx.needs_input_grad[4]:
+        grad_grad_y = spmm(crow, col, values, grad, grad_y.shape[1])  # grad @ W^T
+    if ctx.needs_input_grad[3]:
+        grad_values = sddmm(crow, col, grad_y, grad)
+    return None, None, None, grad_values, grad_grad_y, None
+
+
+def _sddmm_setup(ctx, inputs, output):
+    crow, col, grad_y, x = inputs
+    ctx.save_for_backward(crow, col, grad_y, x)
+
+
+def _sddmm_backward(ctx, grad):  # grad: (nnz,), read as the values of a CSR matrix G with W's pattern
+    crow, col, grad_y, x = ctx.saved_tensors
+    grad_grad_y = grad_x = None
+    if ctx.needs_input_grad[2]:
+        grad_grad_y = spmm(crow, col, grad, x, grad_y.shape[1])  # x @ G^T
+    if ctx.needs_input_grad[3]:
+        ccol, row, perm = transpose_index(crow, col, x.shape[1])
+        grad_x = spmm_t(ccol, row, perm, grad, grad_y, x.shape[1])  # grad_y @ G
+    return None, None, grad_grad_y, grad_x
+
+
+torch.library.register_autograd("sparselayer::spmm", _spmm_backward, setup_context=_spmm_setup)
+torch.library.register_autograd("sparselayer::spmm_t", _spmm_t_backward, setup_context=_spmm_t_setup)
+torch.library.register_autograd("sparselayer::sddmm", _sddmm_backward, setup_context=_sddmm_setup)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# linear: y = x @ W^T + b for SparseLinear, reusing the layer's cached CSC index in the backward.
+#
+# An autograd.Function rather than another registered op: it adds no schema for the CUDA side to implement,
+# costs less Python per call than a custom_op's autograd wrapper, and torch.compile traces it into the graph
+# (forward and backward are nothing but the registered ops above, which have fake implementations).
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, crow, col, ccol, row, perm, values, bias, x, n_out):
+        ctx.save_for_backward(crow, col, ccol, row, perm, values, x)
+        y = torch.ops.sparselayer.spmm.default(crow, col, values, x, n_out)  # (batch, n_out), fresh
+        return y if bias is None else y.add_(bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (batch, n_out)
+        crow, col, ccol, row, perm, values, x = ctx.saved_tensors
+        grad_values = grad_bias = grad_x = None
+        if ctx.needs_input_grad[7]:
+            grad_x = torch.ops.sparselayer.spmm_t.default(ccol, row, perm, values, grad, x.shape[1])  # (batch, n_in)
+        if ctx.needs_input_grad[5]:
+            grad_values = torch.ops.sparselayer.sddmm.default(crow, col, grad, x)  # (nnz,)
+        if ctx.needs_input_grad[6]:
+            grad_bias = grad.sum(0)  # (n_out,)
+        return None, None, None, None, None, grad_values, grad_bias, grad_x, None
+
+
+def linear(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    ccol: torch.Tensor,
+    row: torch.Tensor,
+    perm: torch.Tensor,
+    values: torch.Tensor,
+    x: torch.Tensor,
+    n_out: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x @ W^T (+ bias) like `spmm`, differentiable in values, x and bias; the backward uses W's CSC
+    index (ccol, row, perm) instead of rebuilding it."""
+    _check_index(crow, col, values)
+    _check_index(ccol, row, values)
+    _check_dense("x", x, values.dtype, ccol.shape[0] - 1, "inputs")
+    if crow.shape[0] != n_out + 1:
+        raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
+    if bias is not None and (bias.shape != (n_out,) or bias.dtype != values.dtype):
+        raise ValueError(f"bias must be ({n_out},) {values.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+    _ensure_backend(values, x)
+    return _SparseLinearFunction.apply(crow, col, ccol, row, perm, values, bias, x, n_out)

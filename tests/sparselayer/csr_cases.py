@@ -1,0 +1,47 @@
+"""Random CSR matrices for the sparselayer tests (sputnik-style odd shapes, empty rows, float64 references).
+
+Dense tensors appear here only as test references.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# (n_out, n_in, nnz, n_empty_rows): odd shapes, empty rows, a single element, an empty matrix.
+CASES = [
+    (7, 96, 333, 2),
+    (33, 17, 200, 5),
+    (1, 1, 1, 0),
+    (5, 3, 0, 5),
+    (64, 31, 64, 0),
+]
+CASE_IDS = [f"{o}x{i}-nnz{n}-empty{e}" for o, i, n, e in CASES]
+
+
+def random_csr(n_out, n_in, nnz, n_empty_rows=0, *, dtype=torch.float64, device="cpu", seed=0):
+    """(crow, col, values) of a random (n_out, n_in) CSR matrix whose first `n_empty_rows` rows, shuffled,
+    hold no nonzero."""
+    g = torch.Generator().manual_seed(seed)
+    empty = torch.randperm(n_out, generator=g)[:n_empty_rows]
+    allowed = torch.ones(n_out, n_in, dtype=torch.bool)
+    allowed[empty] = False
+    positions = allowed.reshape(-1).nonzero().squeeze(1)
+    assert nnz <= positions.numel(), "case asks for more nonzeros than fit"
+    keys = positions[torch.randperm(positions.numel(), generator=g)[:nnz]].sort().values
+    rows, col = keys // n_in, keys % n_in
+    crow = torch.zeros(n_out + 1, dtype=torch.int64)
+    crow[1:] = torch.bincount(rows, minlength=n_out).cumsum(0)
+    values = torch.randn(nnz, generator=g, dtype=torch.float64)
+    return crow.to(device), col.to(device), values.to(device=device, dtype=dtype)
+
+
+def dense_of(crow, col, values, shape):
+    """The dense reference of a CSR matrix."""
+    rows = torch.repeat_interleave(torch.arange(shape[0], device=crow.device), crow.diff())
+    dense = values.new_zeros(shape)
+    dense[rows, col] = values
+    return dense
+
+
+def tolerances(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}

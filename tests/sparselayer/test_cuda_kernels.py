@@ -1,0 +1,232 @@
+"""The CUDA kernels (sparselayer/csrc) against float64 references: odd shapes, empty rows, batch 1, shapes that
+take every kernel path (several column panels, batch tails, unaligned and strided inputs), poisoned outputs,
+fresh random inputs each run (the seed is in every failure message), determinism, gradcheck, opcheck, and a
+SparseMLP training step on CUDA against the same step on the CPU.
+
+Skipped without a GPU (tests/conftest.py skips @pytest.mark.gpu); nothing here touches CUDA at import time.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+
+import sparselayer
+from sparselayer import _cuda, ops
+from sparselayer.csr import transpose_index
+
+from csr_cases import dense_of, random_csr
+
+pytestmark = pytest.mark.gpu
+
+# (n_out, n_in, nnz, n_empty_rows, batch)
+SHAPES = [
+    (7, 96, 333, 0, 5),  # odd shape from the issue
+    (7, 96, 333, 2, 1),  # batch 1, empty rows
+    (50, 64, 300, 10, 40),  # empty rows, one batch tile plus a tail
+    (130, 37, 400, 3, 33),  # n_in not a multiple of 4: scalar tile loads
+    (300, 1000, 9000, 0, 77),  # several panels of 256 (density 3%)
+    (1100, 1500, 16500, 0, 70),  # density 1%: panels of 512, R = 512 row blocks in sddmm
+    (257, 2100, 60000, 5, 64),  # density 11%: many sddmm tiles
+]
+SHAPE_IDS = [f"{o}x{i}-nnz{n}-empty{e}-b{b}" for o, i, n, e, b in SHAPES]
+DTYPES = [torch.float32, torch.float64]
+LAYOUTS = ["contiguous", "transposed", "strided", "offset"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernels_loaded():
+    """These tests call torch.ops.sparselayer.* directly, bypassing the wrappers that load the kernels."""
+    _cuda.ensure_loaded()
+
+
+def _seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _dense(batch, n, dtype, layout, g):
+    """A (batch, n) CUDA tensor with the given memory layout and fresh random values."""
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device="cuda", dtype=dtype)
+
+    if layout == "contiguous":
+        return rand(batch, n)
+    if layout == "transposed":  # column-major: strides (1, batch)
+        return rand(n, batch).t()
+    if layout == "strided":  # every other column
+        return rand(batch, 2 * n)[:, ::2]
+    return rand(batch, n + 1)[:, 1:]  # starts one element into its storage: rows not 16-byte aligned
+
+
+def _poison(numel: int, dtype: torch.dtype, copies: int = 4) -> None:
+    """Leave NaN-filled blocks of the output's size in the caching allocator, so that an output the kernel
+    allocates (uninitialised) and fails to write reads NaN."""
+    bufs = [torch.full((max(numel, 1),), float("nan"), dtype=dtype, device="cuda") for _ in range(copies)]
+    del bufs
+    probe = torch.empty(max(numel, 1), dtype=dtype, device="cuda")
+    assert probe.isnan().all(), "poisoning did not reach the allocator's free blocks"
+    del probe
+
+
+def _check(out, ref, dtype, seed, what):
+    assert not out.isnan().any(), f"{what}: unwritten (NaN) elements, seed {seed}"
+    ref = ref.to(out.device)
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    err = (out.double() - ref).abs().max().item() if ref.numel() else 0.0
+    assert err <= tol * max(scale, 1.0), f"{what}: max error {err:.3g} (scale {scale:.3g}), seed {seed}"
+
+
+def _case(shape, dtype, layout, seed):
+    n_out, n_in, nnz, n_empty, batch = shape
+    crow, col, values = random_csr(n_out, n_in, nnz, n_empty, dtype=torch.float64, seed=seed % (2**31))
+    g = torch.Generator().manual_seed(seed + 1)
+    x = _dense(batch, n_in, dtype, layout, g)
+    grad_y = _dense(batch, n_out, dtype, layout, g)
+    w64 = dense_of(crow, col, values, (n_out, n_in))
+    cuda = dict(crow=crow.cuda(), col=col.cuda(), values=values.to(device="cuda", dtype=dtype))
+    return cuda, x, grad_y, w64
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spmm(dtype, shape, layout):
+    seed = _seed()
+    m, x, _, w64 = _case(shape, dtype, layout, seed)
+    _poison(shape[4] * shape[0], dtype)
+    y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
+    assert y.shape == (shape[4], shape[0]) and y.is_contiguous() and y.dtype == dtype
+    _check(y, x.double().cpu() @ w64.T, dtype, seed, "spmm")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spmm_t(dtype, shape, layout):
+    seed = _seed()
+    m, _, grad_y, w64 = _case(shape, dtype, layout, seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
+    _poison(shape[4] * shape[1], dtype)
+    gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
+    assert gx.shape == (shape[4], shape[1]) and gx.is_contiguous() and gx.dtype == dtype
+    _check(gx, grad_y.double().cpu() @ w64, dtype, seed, "spmm_t")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sddmm(dtype, shape, layout):
+    seed = _seed()
+    m, x, grad_y, _ = _case(shape, dtype, layout, seed)
+    crow, col = m["crow"].cpu(), m["col"].cpu()
+    rows = torch.repeat_interleave(torch.arange(shape[0]), crow.diff())
+    ref = (grad_y.double().cpu().T @ x.double().cpu())[rows, col]
+    _poison(shape[2], dtype)
+    gv = torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)
+    assert gv.shape == (shape[2],) and gv.dtype == dtype
+    _check(gv, ref, dtype, seed, "sddmm")
+
+
+def test_concentrated_nonzeros():
+    """All nonzeros in one corner: far more in one panel (or tile) than the kernels stage for the average
+    density, which takes spmm's unstaged path and several sddmm passes."""
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    n_out, n_in, batch = 64, 2048, 48
+    dense = torch.zeros(n_out, n_in, dtype=torch.float64)
+    dense[:32, :256] = torch.randn(32, 256, generator=g, dtype=torch.float64)  # 8192 nonzeros, density 6%
+    crow = torch.zeros(n_out + 1, dtype=torch.int64)
+    crow[1:33] = torch.arange(1, 33) * 256
+    crow[33:] = 32 * 256
+    col = torch.arange(256).repeat(32)
+    values = dense[:32, :256].reshape(-1)
+    x = torch.randn(batch, n_in, generator=g, dtype=torch.float64)
+    dy = torch.randn(batch, n_out, generator=g, dtype=torch.float64)
+    crow_c, col_c, values_c = crow.cuda(), col.cuda(), values.float().cuda()
+    _poison(batch * n_out, torch.float32)
+    y = torch.ops.sparselayer.spmm(crow_c, col_c, values_c, x.float().cuda(), n_out)
+    _check(y, x @ dense.T, torch.float32, seed, "spmm, concentrated")
+    ccol, row, perm = transpose_index(crow_c, col_c, n_in)
+    _poison(batch * n_in, torch.float32)
+    gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, values_c, dy.float().cuda(), n_in)
+    _check(gx, dy @ dense, torch.float32, seed, "spmm_t, concentrated")
+    _poison(col.numel(), torch.float32)
+    gv = torch.ops.sparselayer.sddmm(crow_c, col_c, dy.float().cuda(), x.float().cuda())
+    _check(gv, (dy.T @ x)[:32, :256].reshape(-1), torch.float32, seed, "sddmm, concentrated")
+
+
+def test_empty_and_degenerate():
+    crow, col, values = random_csr(5, 3, 0, 5, dtype=torch.float32, device="cuda")
+    x = torch.randn(4, 3, device="cuda")
+    assert torch.equal(torch.ops.sparselayer.spmm(crow, col, values, x, 5), torch.zeros(4, 5, device="cuda"))
+    assert torch.ops.sparselayer.sddmm(crow, col, torch.randn(4, 5, device="cuda"), x).shape == (0,)
+    crow, col, values = random_csr(6, 8, 20, 0, dtype=torch.float32, device="cuda")
+    assert torch.ops.sparselayer.spmm(crow, col, values, torch.randn(0, 8, device="cuda"), 6).shape == (0, 6)
+    gv = torch.ops.sparselayer.sddmm(crow, col, torch.randn(0, 6, device="cuda"), torch.randn(0, 8, device="cuda"))
+    assert torch.equal(gv, torch.zeros(20, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deterministic(dtype):
+    """Same inputs, bit-identical outputs: fixed summation order, no atomics."""
+    seed = _seed()
+    m, x, grad_y, _ = _case((1100, 1500, 16500, 0, 70), dtype, "contiguous", seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], 1500)
+    for run in (
+        lambda: torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, 1100),
+        lambda: torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, 1500),
+        lambda: torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x),
+    ):
+        assert torch.equal(run(), run()), f"seed {seed}"
+
+
+def test_rejects_mixed_devices():
+    crow, col, values = random_csr(7, 96, 333, 0, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA tensor|device"):
+        torch.ops.sparselayer.sddmm(crow, col, torch.randn(4, 7, device="cuda"), torch.randn(4, 96))
+
+
+def test_gradcheck():
+    seed = _seed()
+    crow, col, values = random_csr(9, 13, 40, 2, dtype=torch.float64, device="cuda", seed=seed % (2**31))
+    values.requires_grad_(True)
+    x = torch.randn(5, 13, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, a: ops.spmm(crow, col, v, a, 9), (values, x))
+    ccol, row, perm = transpose_index(crow, col, 13)
+    dy = torch.randn(5, 9, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, g: ops.spmm_t(ccol, row, perm, v, g, 13), (values, dy))
+    assert torch.autograd.gradcheck(lambda g, a: ops.sddmm(crow, col, g, a), (dy, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck(dtype):
+    crow, col, values = random_csr(7, 96, 333, 2, dtype=dtype, device="cuda", seed=_seed() % (2**31))
+    x = torch.randn(5, 96, dtype=dtype, device="cuda")
+    dy = torch.randn(5, 7, dtype=dtype, device="cuda")
+    ccol, row, perm = transpose_index(crow, col, 96)
+    torch.library.opcheck(torch.ops.sparselayer.spmm.default, (crow, col, values, x, 7))
+    torch.library.opcheck(torch.ops.sparselayer.spmm_t.default, (ccol, row, perm, values, dy, 96))
+    torch.library.opcheck(torch.ops.sparselayer.sddmm.default, (crow, col, dy, x))
+
+
+def test_sparse_mlp_step_matches_cpu():
+    """One SGD step of a SparseMLP (forward, loss, backward, update) on CUDA equals the CPU step."""
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed % (2**31))
+    cpu = sparselayer.SparseMLP([784, 300, 200, 10], sparsity=0.9, generator=g)
+    gpu = copy.deepcopy(cpu).cuda()
+    x = torch.randn(100, 784, generator=g)
+    target = torch.rand(100, 10, generator=g)
+    losses = []
+    for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        loss = torch.nn.functional.mse_loss(model(x.to(dev)), target.to(dev), reduction="sum")
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), f"seed {seed}"
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-4, atol=1e-5, msg=f"{name} grad, seed {seed}")
+        torch.testing.assert_close(p_gpu.detach().cpu(), p_cpu.detach(), rtol=1e-5, atol=1e-6, msg=f"{name}, seed {seed}")
