@@ -5,8 +5,9 @@
 
 For each (n_in x n_out, batch, sparsity) it times, with CUDA events after a warm-up, the median of many
 repeats of:
-  ours       spmm / spmm_t / sddmm through the sparselayer.ops wrappers (what SparseLinear calls; the
-             per-call panel-pointer pass and the CSC value gather included), and a layer step: the forward
+  ours       spmm / spmm_t / sddmm through the sparselayer.ops wrappers (what SparseLinear calls; the index
+             layouts cached per topology as in training, the values read through them every call; the
+             forward and step are also timed with SPARSELAYER_NO_CACHE=1), and a layer step: the forward
              through ops.linear (the op SparseLinear uses) and its autograd backward (both gradients).
   cuSPARSE   torch.sparse.mm(W, x^T) and with W^T (a pre-built transposed CSR), sampled_addmm in its fast
              layout (second operand a transposed view of a feature-major copy; copies made outside the
@@ -124,6 +125,26 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
         y.backward(dy)
 
     r["ours_step_ms"] = bench(our_step)
+    # the same without the per-topology layout cache (csrc/cache.cu): what the first call after an evolution pays
+    os.environ["SPARSELAYER_NO_CACHE"] = "1"
+    try:
+        r["ours_fwd_nocache_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
+        r["ours_step_nocache_ms"] = bench(our_step)
+    finally:
+        os.environ.pop("SPARSELAYER_NO_CACHE", None)
+    if n_in * n_out >= 4096 * 4096:  # the other fp32 spmm kernel, for the record (same sums, same order)
+        # the launcher's default: double-buffered from 5% density and 2e9 multiply-adds (csrc/spmm.cu)
+        default_db = nnz / (n_out * n_in) >= 0.05 and nnz * batch >= 2e9
+        other = "2" if default_db else "1"
+        os.environ["SPARSELAYER_SPMM_DB"] = other
+        try:
+            r["other_kernel"] = {"1": "double-buffered", "2": "single-buffered"}[other]
+            r["ours_fwd_other_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
+            r["ours_spmm_t_other_ms"] = bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in))
+        finally:
+            os.environ.pop("SPARSELAYER_SPMM_DB", None)
+    if n_in * n_out <= 1024 * 1024:  # small shapes: where does the time go?
+        r.update(overhead(crow, col, values, x, n_out))
 
     # cuSPARSE through torch.sparse, in its fast layouts (feature-major copies made here, not timed)
     W = torch.sparse_csr_tensor(crow, col, values, (n_out, n_in))
@@ -178,6 +199,37 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
         r[f"ours_{op}_TFLOPs"] = flops / r[f"ours_{op}_ms"] / 1e9
     r["floor_step_ms"] = sum(r[f"floor_{op}_ms"] for op in bytes_)
     return r
+
+
+def kernel_ms(fn, calls: int = 20) -> float:
+    """GPU time per call of fn (sum of its kernels' durations under torch.profiler), or NaN if unavailable."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        total_us = 0.0
+        for e in prof.key_averages():
+            total_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+        return total_us / calls / 1e3
+    except Exception as e:  # report, don't lose the run
+        print(f"kernel_ms: profiler failed ({type(e).__name__}: {e})", flush=True)
+        return float("nan")
+
+
+def overhead(crow, col, values, x, n_out) -> dict:
+    """Small shapes: the forward through the wrapper vs the bare op vs its kernels alone (GPU time)."""
+    op = torch.ops.sparselayer.spmm.default
+    w = torch.randn(n_out, x.shape[1], device="cuda")
+    return {
+        "fwd_direct_op_ms": bench(lambda: op(crow, col, values, x, n_out)),
+        "fwd_kernels_ms": kernel_ms(lambda: op(crow, col, values, x, n_out)),
+        "dense_fwd_kernels_ms": kernel_ms(lambda: torch.nn.functional.linear(x, w)),
+    }
 
 
 def memory_step(n: int = 16384, batch: int = 1024, sparsity: float = 0.99) -> dict:
@@ -247,6 +299,25 @@ def table(res: dict) -> str:
             f"{r['ours_sddmm_GBps']:.0f} GB/s, {r['ours_fwd_TFLOPs']:.1f} / {r['ours_spmm_t_TFLOPs']:.1f} / "
             f"{r['ours_sddmm_TFLOPs']:.1f} TFLOP/s; err {r['err_fwd']:.1e} / {r['err_spmm_t']:.1e} / {r['err_sddmm']:.1e}"
         )
+    lines += ["", "Per-topology layout cache: fwd and step with the cache vs rebuilt every call "
+              "(SPARSELAYER_NO_CACHE=1, what the first call after a topology change pays), ms", ""]
+    for r in res["cases"]:
+        if "ours_fwd_nocache_ms" in r:
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: fwd {r['ours_fwd_ms']:.3f} vs "
+                         f"{r['ours_fwd_nocache_ms']:.3f}; step {r['ours_step_ms']:.3f} vs {r['ours_step_nocache_ms']:.3f}")
+    lines += ["", "The other fp32 spmm kernel (not the default at this density), fwd / spmm_t ms, default in brackets", ""]
+    for r in res["cases"]:
+        if "ours_fwd_other_ms" in r:
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: {r['other_kernel']} "
+                         f"{r['ours_fwd_other_ms']:.3f} [{r['ours_fwd_ms']:.3f}] / {r['ours_spmm_t_other_ms']:.3f} "
+                         f"[{r['ours_spmm_t_ms']:.3f}]")
+    small = [r for r in res["cases"] if "fwd_direct_op_ms" in r]
+    if small:
+        lines += ["", "Small shapes, forward: through ops.spmm / the bare torch.ops call / its kernels alone (GPU time "
+                  "under torch.profiler) / dense F.linear's kernels alone, ms", ""]
+        for r in small:
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: {r['ours_fwd_ms']:.4f} / "
+                         f"{r['fwd_direct_op_ms']:.4f} / {r['fwd_kernels_ms']:.4f} / {r['dense_fwd_kernels_ms']:.4f}")
     lines += ["", "Targets of the issue (large shapes: 4096x4096 b4096 and 16384x16384 b1024):", ""]
     lines += targets(res)
     m = res.get("memory")

@@ -3,9 +3,10 @@
     python benchmarks/tune.py            # times spmm over (J, P) and sddmm over slots per thread
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
 
-Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_NB (batch sub-tiles of 32
-per block), SPARSELAYER_SPMM_J (rows per block / 32),
-SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SDDMM_SLOTS (8 or 16).
+Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
+kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
+block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_NO_CACHE=1 (rebuild
+the per-topology index layouts every call).
 """
 
 import os
@@ -22,7 +23,11 @@ from sparselayer import _cuda, ops  # noqa: E402
 from sparselayer.csr import transpose_index  # noqa: E402
 
 CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99)]
-SPMM = [(None, None, None), (1, 16, 512), (1, 8, 256), (2, 8, 256), (2, 4, 512), (2, 4, 256), (2, 2, 512)]  # NB, J, P
+SPMM = [  # DB, NB, J, P (None: the launcher's default)
+    (None, None, None, None), (2, None, None, None), (1, None, None, None),
+    (1, 1, 16, 256), (1, 1, 16, 128), (1, 1, 8, 256), (1, 2, 8, 128), (1, 2, 8, 64), (1, 2, 4, 128),
+]
+SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P")
 SLOTS = [16, 8]
 
 
@@ -49,14 +54,16 @@ def main():
         ccol, row, perm = transpose_index(crow, col, n_in)
         ref = ops.spmm(crow, col, values, x, n_out)
         line = [f"{n_in}x{n_out} b{batch} {sp}:"]
-        for nb, j, p in SPMM:
-            setenv("SPARSELAYER_SPMM_NB", nb)
-            setenv("SPARSELAYER_SPMM_J", j)
-            setenv("SPARSELAYER_SPMM_P", p)
+        for config in SPMM:
+            for name, v in zip(SPMM_VARS, config):
+                setenv(name, v)
             y = ops.spmm(crow, col, values, x, n_out)
-            assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), (nb, j, p)
-            line.append(f"spmm NB{nb}/J{j}/P{p} {bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
-        for name in ("SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P"):
+            assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), config
+            db, nb, j, p = config
+            line.append(f"spmm DB{db}/NB{nb}/J{j}/P{p} {bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
+            if config[:1] == (1,) and config[1:] == (None, None, None):
+                line.append(f"spmm_t DB1 {bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in)):.3f}")
+        for name in SPMM_VARS:
             setenv(name, None)
         ref_sd = ops.sddmm(crow, col, dy, x)
         for slots in SLOTS:

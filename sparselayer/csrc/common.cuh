@@ -12,7 +12,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 namespace sparselayer {
 
@@ -29,6 +32,15 @@ int num_sms(int device);
 int max_smem_optin(int device);
 // float4 loads are legal: unit column stride, 16-byte aligned rows.
 bool can_vectorise(const at::Tensor& m);
+// Raises kernel's dynamic shared memory limit to the device's opt-in maximum, once per kernel and device
+// (cudaFuncSetAttribute per call cost host time on small shapes).
+void allow_smem(const void* kernel, int device);
+// The tensors make() returns, computed once per (kind, params, device, stream) and index tensors' identity
+// and version, then served from a cache while the index tensors are alive and unmodified (cache.cu). kind
+// must be a string literal.
+std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Tensor>& index,
+                                      std::array<int64_t, 4> params,
+                                      const std::function<std::vector<at::Tensor>()>& make);
 // Integer value of an environment variable, 0 when unset (tuning overrides for benchmarks/tune.py).
 int env_int(const char* name);
 
@@ -153,6 +165,17 @@ __device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const fl
     }
   }
 }
+
+// 4-byte asynchronous copy global -> shared (cp.async, Ampere and later); valid == false writes a zero.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ void fma4(float4& acc, float v, const float4& x) {
   acc.x = fmaf(v, x.x, acc.x);

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 namespace sparselayer {
 
@@ -49,6 +51,16 @@ int max_smem_optin(int device) {
 bool can_vectorise(const at::Tensor& m) {
   return m.stride(1) == 1 && m.size(1) % 4 == 0 && (m.size(0) <= 1 || m.stride(0) % 4 == 0) &&
          reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0;
+}
+
+void allow_smem(const void* kernel, int device) {
+  static std::mutex mu;
+  static std::vector<std::pair<const void*, int>>* done = new std::vector<std::pair<const void*, int>>();
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& d : *done)
+    if (d.first == kernel && d.second == device) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem_optin(device)));
+  done->emplace_back(kernel, device);
 }
 
 int env_int(const char* name) {

@@ -208,8 +208,11 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   }
   const int smem = smem_of(R, P);
   const int64_t batch = x.size(0), n_out = crow.numel() - 1, n_in = x.size(1);
-  const auto pp = panel_pointers(crow, col, n_out, n_in, P);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(sddmm_tile_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  // Panel pointers depend on the index only: cached per topology (cache.cu).
+  const at::Tensor pp = cached_layout("sddmm_pp", {crow, col}, {n_out, n_in, P, 0}, [&]() {
+    return std::vector<at::Tensor>{panel_pointers(crow, col, n_out, n_in, P)};
+  })[0];
+  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S>), device);
   const int64_t tiles_r = (n_out + R - 1) / R, tiles_c = (n_in + P - 1) / P;
   TORCH_CHECK(tiles_c <= 65535, "sparselayer: too many column panels");
   // Small matrices with a long batch: split the batch so that every SM gets work, and sum the splits after.

@@ -6,24 +6,37 @@
 // multiplies its J rows' nonzeros with the staged columns: lane l holds batch values 4l..4l+3 of each batch
 // tile, one float4 shared-memory read per nonzero and tile. Staging x pays when the block's rows reuse a
 // column, R * density times on average, so R grows to 512 (the accumulators, 4 J NB registers per thread,
-// bound it). The nonzeros are first packed per call (pack_panels_kernel) in (row block, panel, row) order
-// as (swizzled column offset, value) pairs, so a block stages a panel's nonzeros with one coalesced copy
-// instead of chasing each row's segment through global memory (a chain of dependent loads that made the
-// first version latency-bound). The same pass gathers the values through perm for spmm_t.
+// bound it). The nonzeros are packed (pack_panels_kernel, once per topology: cache.cu) in (row block, panel,
+// row) order as (swizzled column offset, value position) pairs, so a block stages a panel's nonzeros with one
+// coalesced copy instead of chasing each row's segment through global memory (a chain of dependent loads
+// that made the first version latency-bound); the value position is k, or perm[k] for spmm_t, and the values
+// are read through it every call. Two variants: spmm_panel_kernel stages each panel then computes it;
+// spmm_panel_db_kernel fetches panel p + 1 with cp.async while computing panel p (faster at 90%, slower at
+// 97-99%: benchmarks/kernels-notes.md, v6).
 // fp64: one thread per output element; simple and exact, for gradcheck and references.
 #include "common.cuh"
 
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
+#include <limits>
+
 namespace sparselayer {
 namespace {
 
+// The double-buffered kernel is the default from this density and this many multiply-adds (nnz x batch) up;
+// the single-buffered one below (measured, benchmarks/kernels-notes.md, v6: the double-buffered kernel's
+// narrower panels cost more than its overlap wins at 97-99%, and it lost on the 4096^2 b512 forward).
+constexpr double kDbMinDensity = 0.05;
+constexpr double kDbMinWork = 2e9;
+
 // Packs the nonzeros of row block b, panel p at packed[q[(b * n_panels + p) * R + i] ...] for its rows i,
-// as (offset of the column in the swizzled x tile for lane 0, value bits). Block b's nonzeros stay within its own CSR range [ptr[o0], ptr[o0 + R]),
+// as (offset of the column in the swizzled x tile for lane 0, position of the value in `vals`: k, or perm[k]
+// for spmm_t). Index only: the layout is cached per topology, the values are read through it per call. Block b's nonzeros stay within its own CSR range [ptr[o0], ptr[o0 + R]),
 // panel after panel: the rows' nonzeros before panel p number sum_r (pp[p][r] - ptr[r]).
 __global__ void __launch_bounds__(kThreads)
 pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ ptr, const int64_t* __restrict__ idx,
-                   const float* __restrict__ vals, const int64_t* __restrict__ perm, int n_rows, int n_panels,
+                   const int64_t* __restrict__ perm, int n_rows, int n_panels,
                    int P, int R, int32_t* __restrict__ q, int2* __restrict__ packed) {
   __shared__ int warp_scan[kThreads / 32];
   __shared__ int warp_before[kThreads / 32];
@@ -72,9 +85,9 @@ pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ p
       qrow[i] = dest;
       for (int t = 0; t < len[u]; ++t) {
         const int64_t k = start[u] + t;
-        const float v = perm ? vals[perm[k]] : vals[k];
+        const int src = perm ? static_cast<int>(perm[k]) : static_cast<int>(k);
         const int c = static_cast<int>(idx[k]) - c0;  // column within the panel -> its swizzled tile offset
-        packed[dest + t] = make_int2(c * kBt + (((c >> 2) & 7) << 2), __float_as_int(v));
+        packed[dest + t] = make_int2(c * kBt + (((c >> 2) & 7) << 2), src);
       }
       dest += len[u];
     }
@@ -91,7 +104,8 @@ constexpr int min_blocks() { return J * NB >= 16 ? 2 : 3; }
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
 template <int J, int NB>
 __global__ void __launch_bounds__(kThreads, (min_blocks<J, NB>()))
-spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ x,
+spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
+                  const float* __restrict__ x,
                   int64_t sxb, int64_t sxc, bool vec, int batch, int n_cols, int n_rows, int n_panels, int P,
                   int cap, float* __restrict__ y) {
   constexpr int G = kThreads / kLanes;  // row groups per block
@@ -126,6 +140,11 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int t = t0 + u * kThreads;
+        if (t < staged) w[u].y = __float_as_int(__ldg(vals + w[u].y));
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int t = t0 + u * kThreads;
         if (t < staged) sw[t] = w[u];
       }
     }
@@ -154,7 +173,13 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
         const int r = j * G + g;
         const int s = seg[r], e = seg[r + 1];
         for (int k = s; k < e; ++k) {
-          const int2 w = k < cap ? sw[k] : __ldg(packed + cb + k);
+          int2 w;
+          if (k < cap) {
+            w = sw[k];
+          } else {
+            w = __ldg(packed + cb + k);
+            w.y = __float_as_int(__ldg(vals + w.y));
+          }
           const float v = __int_as_float(w.y);
           const float* xc = xs + (w.x ^ lane_bits);
 #pragma unroll
@@ -163,6 +188,144 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
       }
     }
     __syncthreads();
+  }
+
+  const int o0 = blockIdx.x * R;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int o = o0 + j * G + g;
+    if (o >= n_rows) continue;
+#pragma unroll
+    for (int h = 0; h < NB; ++h) {
+      const int b = b0 + h * kBt + 4 * l;
+      float* out = y + static_cast<int64_t>(b) * n_rows + o;
+      if (b < batch) out[0] = acc[j][h].x;
+      if (b + 1 < batch) out[n_rows] = acc[j][h].y;
+      if (b + 2 < batch) out[2 * static_cast<int64_t>(n_rows)] = acc[j][h].z;
+      if (b + 3 < batch) out[3 * static_cast<int64_t>(n_rows)] = acc[j][h].w;
+    }
+  }
+}
+
+// Floats per stage of the double-buffered kernel: NB x tiles, cap staged entries (2 words each), R + 1 raw
+// panel pointers; a multiple of 4 so that the second stage's tiles stay 16-byte aligned.
+__host__ __device__ inline int db_stage_floats(int P, int cap, int R, int NB) {
+  return (NB * P * kBt + 2 * cap + R + 1 + 3) / 4 * 4;
+}
+
+// pvals[t] = vals[packed[t].y]: the values in packed order, gathered once per call for the cp.async stages.
+__global__ void gather_values_kernel(const int2* __restrict__ packed, const float* __restrict__ vals, int64_t nnz,
+                                     float* __restrict__ pvals) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < nnz) pvals[t] = __ldg(vals + __ldg(&packed[t].y));
+}
+
+// The same computation as spmm_panel_kernel with two shared-memory stages: while the block multiplies panel p,
+// the copy engine of cp.async fetches panel p + 1 (x tile, packed entries, panel pointers), so tile loads
+// overlap compute instead of alternating with it at a barrier (v2-v5 spent most of each panel waiting on
+// L2 round trips). P is a power of two (1 << log2P).
+template <int J, int NB>
+__global__ void __launch_bounds__(kThreads, 2)
+spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ pvals,
+                     const float* __restrict__ x, int64_t sxb, int64_t sxc, int batch, int n_cols, int n_rows,
+                     int n_panels, int log2P, int cap, float* __restrict__ y) {
+  constexpr int G = kThreads / kLanes;  // row groups per block
+  constexpr int R = G * J;              // rows per block
+  extern __shared__ float4 smem4[];
+  float* const smem = reinterpret_cast<float*>(smem4);
+  const int P = 1 << log2P;
+  const int sub = P * kBt;  // floats per sub-tile
+  const int stage_floats = db_stage_floats(P, cap, R, NB);
+  const int tid = threadIdx.x, g = tid / kLanes, l = tid % kLanes;
+  const int warp = tid >> 5, lane = tid & 31;
+  const int b0 = blockIdx.y * kBt * NB;
+  const int lane_bits = l << 2;
+  const int32_t* qblock = q + static_cast<int64_t>(blockIdx.x) * n_panels * R;
+
+  auto stage = [&](int p, int s) {
+    float* xs = smem + s * stage_floats;
+    int2* sw = reinterpret_cast<int2*>(xs + NB * sub);
+    int* seg = reinterpret_cast<int*>(sw + cap);
+    const int32_t* qp = qblock + static_cast<int64_t>(p) * R;
+    const int cb = __ldg(qp), staged = min(__ldg(qp + R) - cb, cap);
+    for (int t = tid; t < staged; t += kThreads) {
+      cp_async4(&sw[t].x, &packed[cb + t].x, true);
+      cp_async4(&sw[t].y, pvals + cb + t, true);
+    }
+    for (int i = tid; i <= R; i += kThreads) cp_async4(seg + i, qp + i, true);
+    // x[b-tiles, panel p]: per step k a warp copies a 4 (batch) x 32 (column) block, lane -> batch row
+    // 4 (wb % 8) + lane % 4, column 32 (wb / 8) + 4 (lane / 4) + k: 32 distinct banks of the swizzled tile.
+    const int c0 = p << log2P;
+    const int blocks = (kBt / 4) * (P / 32);  // 4 x 32 blocks per sub-tile
+#pragma unroll
+    for (int h = 0; h < NB; ++h) {
+      for (int wb = warp; wb < blocks; wb += kThreads / 32) {
+        const int b = 4 * (wb & 7) + (lane & 3);
+        const int gb = b0 + h * kBt + b;
+        const int cbase = 32 * (wb >> 3) + 4 * (lane >> 2);
+        const float* xrow = x + static_cast<int64_t>(gb) * sxb;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int c = cbase + k, gc = c0 + c;
+          const bool ok = gb < batch && gc < n_cols;
+          cp_async4(xs + h * sub + swizzled_chunk(c, b >> 2) + (b & 3), ok ? xrow + gc * sxc : x, ok);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  float4 acc[J][NB];
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int h = 0; h < NB; ++h) acc[j][h] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  stage(0, 0);
+  for (int p = 0; p < n_panels; ++p) {
+    if (p + 1 < n_panels) stage(p + 1, (p + 1) & 1);
+    else cp_async_commit();  // an empty group keeps "all but the newest group" meaning panel p
+    cp_async_wait<1>();
+    __syncthreads();
+    const float* xs = smem + (p & 1) * stage_floats;
+    const int2* sw = reinterpret_cast<const int2*>(xs + NB * sub);
+    const int* seg = reinterpret_cast<const int*>(sw + cap);
+    const int cb = seg[0], n = seg[R] - cb;  // this panel's chunk: packed[cb, cb + n)
+    if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int r = j * G + g;
+        const int s = seg[r] - cb, e = seg[r + 1] - cb;
+#pragma unroll 4
+        for (int k = s; k < e; ++k) {
+          const int2 w = sw[k];
+          const float v = __int_as_float(w.y);
+          const float* xc = xs + (w.x ^ lane_bits);
+#pragma unroll
+          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int r = j * G + g;
+        const int s = seg[r] - cb, e = seg[r + 1] - cb;
+        for (int k = s; k < e; ++k) {
+          int2 w;
+          if (k < cap) {
+            w = sw[k];
+          } else {
+            w.x = __ldg(&packed[cb + k].x);
+            w.y = __float_as_int(__ldg(pvals + cb + k));
+          }
+          const float v = __int_as_float(w.y);
+          const float* xc = xs + (w.x ^ lane_bits);
+#pragma unroll
+          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
+        }
+      }
+    }
+    __syncthreads();  // stage p & 1 is refilled with panel p + 2 next
   }
 
   const int o0 = blockIdx.x * R;
@@ -196,24 +359,124 @@ __global__ void spmm_simple_kernel(const int64_t* __restrict__ ptr, const int64_
   }
 }
 
+// One launch configuration of the fp32 panel kernels (chosen in csr_times_dense).
+struct PanelConfig {
+  int J, NB, P, cap, smem;
+  bool db;  // double-buffered kernel (P a power of two)
+};
+
 template <int J, int NB>
-void launch_panel(const at::Tensor& q, const at::Tensor& packed, const at::Tensor& x, bool vec, int64_t n_rows,
-                  int n_panels, int P, int cap, int smem, at::Tensor& y) {
+void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
+                  const at::Tensor& pvals, const at::Tensor& x, int64_t n_rows, int n_panels, at::Tensor& y) {
   constexpr int R = (kThreads / kLanes) * J;
-  C10_CUDA_CHECK(
-      cudaFuncSetAttribute(spmm_panel_kernel<J, NB>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t batch = x.size(0);
   const dim3 grid(static_cast<unsigned>((n_rows + R - 1) / R),
                   static_cast<unsigned>((batch + kBt * NB - 1) / (kBt * NB)));
-  spmm_panel_kernel<J, NB><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      q.data_ptr<int32_t>(), reinterpret_cast<const int2*>(packed.data_ptr<int32_t>()), x.data_ptr<float>(),
-      x.stride(0), x.stride(1), vec, static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows),
-      n_panels, P, cap, y.data_ptr<float>());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int2* pk = reinterpret_cast<const int2*>(packed.data_ptr<int32_t>());
+  if (c.db) {
+    allow_smem(reinterpret_cast<const void*>(spmm_panel_db_kernel<J, NB>), x.get_device());
+    int log2P = 0;
+    while ((1 << log2P) < c.P) ++log2P;
+    spmm_panel_db_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
+        q.data_ptr<int32_t>(), pk, pvals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
+        static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap,
+        y.data_ptr<float>());
+  } else {
+    allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB>), x.get_device());
+    spmm_panel_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
+        q.data_ptr<int32_t>(), pk, vals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
+        can_vectorise(x), static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels,
+        c.P, c.cap, y.data_ptr<float>());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Shared memory of a panel block: NB x tiles, `cap` staged nonzeros, R + 1 segment bounds.
 int panel_smem(int P, int cap, int R, int NB) { return NB * P * kBt * 4 + cap * 8 + (R + 1) * 4; }
+
+// Staged nonzeros per panel: 1.25x the block's expected count, within what `budget` bytes leave after `fixed`.
+int staged_cap(int R, int P, double density, int budget, int fixed) {
+  const int expected = static_cast<int>((1.25 * R * P * density + 64) / 64 + 1) * 64;
+  return std::max(64, std::min(expected, (budget - fixed) / 8));
+}
+
+// Measured on an H100 (benchmarks/tune.py, notes in benchmarks/kernels-notes.md): below 2% density one batch
+// tile of 32 per block (NB = 1) and 512-row blocks over 512-column panels (the x reuse, R * density, is what
+// pays for staging); above it two batch tiles per block (NB = 2) and 256-row blocks over 256-column panels.
+// Row blocks shrink further until every SM gets two blocks. The double-buffered kernel (two stages) keeps
+// two blocks per SM with narrower panels (64 columns at 90%). Nonzeros past `cap` (the staged share of a panel) are read from
+// global memory instead: an unlucky panel is slower, never wrong.
+PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t nnz, int device) {
+  PanelConfig c{};
+  const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_cols);
+  const int nb_env = env_int("SPARSELAYER_SPMM_NB");  // tuning overrides, see benchmarks/tune.py
+  c.NB = nb_env == 1 || nb_env == 2 ? nb_env : (density >= 0.02 && batch > kBt ? 2 : 1);
+  const int db_env = env_int("SPARSELAYER_SPMM_DB");  // 1: double-buffered kernel, 2: single-buffered
+  c.db = db_env == 1 ? true
+         : db_env == 2 ? false
+                       : density >= kDbMinDensity && static_cast<double>(nnz) * batch >= kDbMinWork;
+  const int64_t batch_tiles = (batch + kBt * c.NB - 1) / (kBt * c.NB);
+  const int64_t want = 2 * static_cast<int64_t>(num_sms(device));
+  c.J = 16 / c.NB;
+  while (c.J > 1 && ((n_out + 32 * c.J - 1) / (32 * c.J)) * batch_tiles < want) c.J /= 2;
+  const int j_env = env_int("SPARSELAYER_SPMM_J"), p_env = env_int("SPARSELAYER_SPMM_P");
+  if (j_env == 1 || j_env == 2 || j_env == 4 || j_env == 8 || (j_env == 16 && c.NB == 1)) c.J = j_env;
+  const int R = 32 * c.J;
+  const int blocks_per_sm = c.J * c.NB >= 16 ? 2 : 3;
+  // Shared memory per block that keeps blocks_per_sm blocks on an SM (228 KB per SM, 1 KB reserved each).
+  const int budget = std::min((228 / blocks_per_sm - 1) * 1024, max_smem_optin(device));
+  if (!c.db) {
+    const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, 512));
+    c.P = std::min(density < 0.02 ? 512 : 256, cols32);
+    if (p_env >= 32 && p_env % 32 == 0) c.P = std::min(p_env, cols32);
+    c.cap = staged_cap(R, c.P, density, budget, panel_smem(c.P, 0, R, c.NB));
+    c.smem = panel_smem(c.P, c.cap, R, c.NB);
+    return c;
+  }
+  // Double-buffered: the widest power-of-two panel whose two stages fit the budget with the expected count.
+  int pow2 = 32;
+  while (pow2 < n_cols && pow2 < 512) pow2 *= 2;
+  c.P = pow2;
+  if (p_env >= 32) {
+    int p = 32;
+    while (p * 2 <= p_env && p * 2 <= pow2) p *= 2;
+    c.P = p;
+  } else {
+    while (c.P > 32) {
+      const int cap = staged_cap(R, c.P, density, 1 << 30, 0);
+      if (2 * 4 * db_stage_floats(c.P, cap, R, c.NB) <= budget) break;
+      c.P /= 2;
+    }
+  }
+  const int fixed = 4 * db_stage_floats(c.P, 0, R, c.NB) + 16;
+  c.cap = std::max(64, std::min(staged_cap(R, c.P, density, 1 << 30, 0), (budget / 2 - fixed) / 8));
+  c.smem = 2 * 4 * db_stage_floats(c.P, c.cap, R, c.NB);
+  return c;
+}
+
+// The cached index layout of (ptr, idx[, perm]) for row blocks of R and panels of P: {q, packed}.
+std::vector<at::Tensor> panel_layout(const at::Tensor& ptr_in, const at::Tensor& idx_in, const at::Tensor& perm_in,
+                                     int64_t n_out, int64_t n_cols, int P, int R) {
+  std::vector<at::Tensor> index{ptr_in, idx_in};
+  if (perm_in.defined()) index.push_back(perm_in);
+  return cached_layout("spmm_pack", index, {n_out, n_cols, P, R}, [&]() {
+    const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
+    const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
+    const int n_panels = static_cast<int>((n_cols + P - 1) / P);
+    const auto pp = panel_pointers(ptr, idx, n_out, n_cols, P);
+    const int64_t n_blocks = (n_out + R - 1) / R;
+    auto q = at::empty({n_blocks * n_panels * R + 1}, ptr.options().dtype(at::kInt));
+    auto packed = at::empty({idx.numel(), 2}, ptr.options().dtype(at::kInt));
+    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels));
+    pack_panels_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        pp.data_ptr<int32_t>(), ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(),
+        perm.defined() ? perm.data_ptr<int64_t>() : nullptr, static_cast<int>(n_out), n_panels, P, R,
+        q.data_ptr<int32_t>(), reinterpret_cast<int2*>(packed.data_ptr<int32_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return std::vector<at::Tensor>{q, packed};
+  });
+}
 
 }  // namespace
 
@@ -233,12 +496,11 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   if (idx_in.numel() == 0 || n_cols == 0) return y.zero_();
   TORCH_CHECK(batch < (int64_t{1} << 31) && n_out < (int64_t{1} << 31) && n_cols < (int64_t{1} << 31),
               "sparselayer: dimensions must be below 2^31");
-  const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
-  const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
   const int device = x.get_device();
 
   if (x.scalar_type() == at::kDouble) {
-    const auto vals = perm.defined() ? vals_in.index_select(0, perm) : vals_in.contiguous();
+    const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
+    const auto vals = perm_in.defined() ? vals_in.index_select(0, perm_in) : vals_in.contiguous();
     const dim3 grid(static_cast<unsigned>((n_out + 127) / 128), static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
     spmm_simple_kernel<double><<<grid, 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
         ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), vals.data_ptr<double>(), x.data_ptr<double>(), x.stride(0),
@@ -247,60 +509,40 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
     return y;
   }
 
+  const int64_t nnz = idx_in.numel();
+  TORCH_CHECK(nnz < std::numeric_limits<int32_t>::max(), "sparselayer: more than 2^31 nonzeros");
   const auto vals = vals_in.contiguous();
-  // Measured on an H100 (benchmarks/tune.py, notes in benchmarks/kernels-notes.md): below 2% density one
-  // batch tile of 32 per block (NB = 1) and 512-row blocks over 512-column panels (the x reuse, R * density,
-  // is what pays for staging); above it two batch tiles per block (NB = 2) and 256-row blocks over 256-column
-  // panels. Row blocks shrink further until every SM gets two blocks. Nonzeros past `cap` (the staged share
-  // of a panel) are read from global memory instead: an unlucky panel is slower, never wrong.
-  const double density = static_cast<double>(idx.numel()) / (static_cast<double>(n_out) * n_cols);
-  const int nb_env = env_int("SPARSELAYER_SPMM_NB");  // tuning overrides, see benchmarks/tune.py
-  const int NB = nb_env == 1 || nb_env == 2 ? nb_env : (density >= 0.02 && batch > kBt ? 2 : 1);
-  const int64_t batch_tiles = (batch + kBt * NB - 1) / (kBt * NB);
-  const int64_t want = 2 * static_cast<int64_t>(num_sms(device));
-  const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, 512));
-  int J = 16 / NB;
-  int P = std::min(density < 0.02 ? 512 : 256, cols32);
-  while (J > 1 && ((n_out + 32 * J - 1) / (32 * J)) * batch_tiles < want) J /= 2;
-  const int j_env = env_int("SPARSELAYER_SPMM_J"), p_env = env_int("SPARSELAYER_SPMM_P");
-  if (j_env == 1 || j_env == 2 || j_env == 4 || j_env == 8 || (j_env == 16 && NB == 1)) J = j_env;
-  if (p_env >= 32 && p_env % 32 == 0) P = std::min(p_env, cols32);
-  // Shared memory per block that keeps min_blocks blocks on an SM (228 KB per SM, 1 KB reserved each).
-  const int budget = std::min((228 / (J * NB >= 16 ? 2 : 3) - 1) * 1024, max_smem_optin(device));
-  const int expected = static_cast<int>((1.25 * 32 * J * P * density + 64) / 64 + 1) * 64;
-  const int cap = std::max(64, std::min(expected, (budget - panel_smem(P, 0, 32 * J, NB)) / 8));
-  const int R = 32 * J;
-  const int n_panels = static_cast<int>((n_cols + P - 1) / P);
-  const auto pp = panel_pointers(ptr, idx, n_out, n_cols, P);
-  const int64_t n_blocks = (n_out + R - 1) / R;
-  auto q = at::empty({n_blocks * n_panels * R + 1}, ptr.options().dtype(at::kInt));
-  auto packed = at::empty({idx.numel(), 2}, ptr.options().dtype(at::kInt));
-  {
-    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels));
-    pack_panels_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        pp.data_ptr<int32_t>(), ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), vals.data_ptr<float>(),
-        perm.defined() ? perm.data_ptr<int64_t>() : nullptr, static_cast<int>(n_out), n_panels, P, R,
-        q.data_ptr<int32_t>(), reinterpret_cast<int2*>(packed.data_ptr<int32_t>()));
+  const PanelConfig c = choose_config(n_out, n_cols, batch, nnz, device);
+  const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
+  const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);
+  const at::Tensor& q = layout[0];
+  const at::Tensor& packed = layout[1];
+  at::Tensor pvals;
+  if (c.db) {
+    pvals = at::empty({nnz}, vals.options());
+    gather_values_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const int2*>(packed.data_ptr<int32_t>()), vals.data_ptr<float>(), nnz,
+        pvals.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const bool vec = can_vectorise(x);
-  const int smem = panel_smem(P, cap, R, NB);
-  if (NB == 2) {
-    switch (J) {
-      case 8: launch_panel<8, 2>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      case 4: launch_panel<4, 2>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      case 2: launch_panel<2, 2>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      default: launch_panel<1, 2>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
+#define SPARSELAYER_LAUNCH(J, NB) launch_panel<J, NB>(c, q, packed, vals, pvals, x, n_out, n_panels, y)
+  if (c.NB == 2) {
+    switch (c.J) {
+      case 8: SPARSELAYER_LAUNCH(8, 2); break;
+      case 4: SPARSELAYER_LAUNCH(4, 2); break;
+      case 2: SPARSELAYER_LAUNCH(2, 2); break;
+      default: SPARSELAYER_LAUNCH(1, 2); break;
     }
   } else {
-    switch (J) {
-      case 16: launch_panel<16, 1>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      case 8: launch_panel<8, 1>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      case 4: launch_panel<4, 1>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      case 2: launch_panel<2, 1>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
-      default: launch_panel<1, 1>(q, packed, x, vec, n_out, n_panels, P, cap, smem, y); break;
+    switch (c.J) {
+      case 16: SPARSELAYER_LAUNCH(16, 1); break;
+      case 8: SPARSELAYER_LAUNCH(8, 1); break;
+      case 4: SPARSELAYER_LAUNCH(4, 1); break;
+      case 2: SPARSELAYER_LAUNCH(2, 1); break;
+      default: SPARSELAYER_LAUNCH(1, 1); break;
     }
   }
+#undef SPARSELAYER_LAUNCH
   return y;
 }
 

@@ -230,3 +230,81 @@ def test_sparse_mlp_step_matches_cpu():
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-4, atol=1e-5, msg=f"{name} grad, seed {seed}")
         torch.testing.assert_close(p_gpu.detach().cpu(), p_cpu.detach(), rtol=1e-5, atol=1e-6, msg=f"{name}, seed {seed}")
+
+
+# Both fp32 spmm kernels (single-buffered and the double-buffered cp.async one), whatever the default picks.
+KERNEL_VARIANTS = {"single-buffered": "2", "double-buffered": "1"}
+
+
+@pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
+    monkeypatch.setenv("SPARSELAYER_SPMM_DB", KERNEL_VARIANTS[variant])
+    seed = _seed()
+    m, x, grad_y, w64 = _case(shape, torch.float32, layout, seed)
+    _poison(shape[4] * shape[0], torch.float32)
+    y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
+    _check(y, x.double().cpu() @ w64.T, torch.float32, seed, f"spmm ({variant})")
+    ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
+    _poison(shape[4] * shape[1], torch.float32)
+    gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
+    _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
+
+
+@pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
+def test_concentrated_nonzeros_variants(variant, monkeypatch):
+    """The unstaged path (a panel with more nonzeros than staged) of both kernels."""
+    monkeypatch.setenv("SPARSELAYER_SPMM_DB", KERNEL_VARIANTS[variant])
+    test_concentrated_nonzeros()
+
+
+def test_cached_layout_follows_the_index():
+    """The per-topology layout cache (csrc/cache.cu) must never serve a stale layout: an in-place change of the
+    index, new values, and a new index tensor at a reused address all give the right products."""
+    seed = _seed()
+    n_out, n_in, nnz, batch = 300, 1000, 9000, 40
+    a = _case((n_out, n_in, nnz, 0, batch), torch.float32, "contiguous", seed)
+    b = _case((n_out, n_in, nnz, 0, batch), torch.float32, "contiguous", seed + 7)
+    m, x, grad_y, w64 = a
+    crow, col, values = m["crow"].clone(), m["col"].clone(), m["values"].clone()
+
+    def check_all(w, what):
+        rows = torch.repeat_interleave(torch.arange(n_out), crow.cpu().diff())
+        y = torch.ops.sparselayer.spmm(crow, col, values, x, n_out)
+        _check(y, x.double().cpu() @ w.T, torch.float32, seed, f"spmm, {what}")
+        ccol, row, perm = transpose_index(crow, col, n_in)
+        gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, values, grad_y, n_in)
+        _check(gx, grad_y.double().cpu() @ w, torch.float32, seed, f"spmm_t, {what}")
+        gv = torch.ops.sparselayer.sddmm(crow, col, grad_y, x)
+        ref = (grad_y.double().cpu().T @ x.double().cpu())[rows, col.cpu()]
+        _check(gv, ref, torch.float32, seed, f"sddmm, {what}")
+
+    check_all(w64, "first call")
+    check_all(w64, "cached")
+    values.mul_(-2.0)  # values are read per call, never cached
+    check_all(-2.0 * w64, "new values")
+    m2, _, _, w64_2 = b
+    crow.copy_(m2["crow"])  # the same tensors, rewritten in place: the version counter moves
+    col.copy_(m2["col"])
+    values.copy_(m2["values"])
+    check_all(w64_2, "index rewritten in place")
+    del crow, col
+    torch.cuda.synchronize()
+    crow, col = m["crow"].clone(), m["col"].clone()  # new tensors, possibly at the freed addresses
+    values.copy_(m["values"])
+    check_all(w64, "new index tensors")
+
+
+def test_sparse_linear_after_set_topology():
+    """SparseLinear on CUDA after its topology changes (the cache is keyed on the index tensors it replaces)."""
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed % (2**31))
+    layer = sparselayer.SparseLinear(200, 150, 0.95, generator=g).cuda()
+    x = torch.randn(33, 200, generator=g).cuda()
+    for step in range(2):
+        y = layer(x)
+        ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5, msg=f"step {step}, seed {seed}")
+        other = sparselayer.SparseLinear(200, 150, 0.97, generator=g).cuda()
+        layer.set_topology(other.crow_indices, other.col_indices, other.values.detach())
