@@ -19,10 +19,16 @@ from .metrics import device_name, model_size
 from .timing import DeviceTimer, median_ms, synchronize
 from .train_config import DEFAULTS, ConfigError, TrainConfig
 
-__all__ = ["train", "config_to_command", "build_model", "resolve_device", "TrainConfig", "ConfigError", "DEFAULTS"]
+__all__ = ["train", "collapse_reason", "config_to_command", "build_model", "resolve_device", "TrainConfig", "ConfigError", "DEFAULTS"]
 
 Report = Callable[[int, float], None]
 _EVAL_CHUNK = 16384
+# A run "collapsed" when it first got this far above chance (fraction) ...
+COLLAPSE_MIN_GAIN = 0.05
+# ... then ended having lost more than this share of its best accuracy gain over chance ...
+COLLAPSE_LOST_GAIN = 0.5
+# ... while its train loss ended at least this many times its lowest (a blow-up, not overfitting).
+COLLAPSE_LOSS_RISE = 1.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,6 +115,28 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(correct.item()) / x.shape[0]
 
 
+def collapse_reason(test_accuracy: list[float], train_loss: list[float], chance: float) -> str | None:
+    """Why a run with finite losses still counts as diverged, or None: it learned, then blew up and ended near
+    chance (e.g. a dead ReLU network after too large a step), so its final accuracy is not a result.
+
+    `chance` is the accuracy of always answering the test set's most frequent class."""
+    if len(test_accuracy) < 2 or len(train_loss) < 2:
+        return None
+    best = max(test_accuracy)
+    best_epoch = test_accuracy.index(best) + 1
+    final, lowest = test_accuracy[-1], min(train_loss)
+    lost_gain = best - chance >= COLLAPSE_MIN_GAIN and final - chance < (1 - COLLAPSE_LOST_GAIN) * (best - chance)
+    loss_blew_up = train_loss[-1] >= COLLAPSE_LOSS_RISE * lowest
+    if not (lost_gain and loss_blew_up):
+        return None
+    return (f"collapsed: test accuracy fell from {best:.2%} (epoch {best_epoch}) to {final:.2%} (chance "
+            f"{chance:.2%}) while the train loss rose from {lowest:.4g} to {train_loss[-1]:.4g}; lower the lr")
+
+
+def _chance_accuracy(y: torch.Tensor, n_classes: int) -> float:
+    return float(torch.bincount(y, minlength=n_classes).max().item()) / max(y.shape[0], 1)
+
+
 def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report | None = None,
           progress: bool = False, dataset: Dataset | None = None) -> dict[str, Any]:
     """Train one configuration and return its metrics (see docs/architecture.md for keys and units).
@@ -178,6 +206,10 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
         if report is not None:
             report(epoch, accuracy)
 
+    finite = status == "ok"
+    if finite:
+        reason = collapse_reason(test_accuracy, train_loss, _chance_accuracy(data.y_test, data.n_classes))
+        status = "ok" if reason is None else "diverged"
     model.eval()
     metrics: dict[str, Any] = {
         "status": status,
@@ -196,7 +228,7 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
         "device": device_name(device),
         "lr": lr,
     }
-    if status == "ok":
+    if finite:  # a collapsed network still runs; a non-finite one is not worth timing
         with torch.no_grad():
             metrics["inference_ms"] = median_ms(lambda: model(data.x_test).argmax(dim=1), device)
     if device.type == "cuda":

@@ -37,15 +37,18 @@ THESIS_SETTINGS: dict[str, Any] = {
     "k": None,
 }
 
-# Settings of our choosing, same epoch budget: cross-entropy on the logits (summed over the batch, so lr keeps
-# the thesis's scale and grown weights -lr*grad keep theirs), SGD with momentum 0.9 at lr 5e-4, ten times the
-# thesis's evolution rate (TTP 1 %) and pruning of dead neurons' weights (thesis figure 11). Chosen on MNIST
-# subsets on the CPU: results/settings-search.md.
+# Settings of our choosing, same epoch budget: cross-entropy on the logits averaged over the batch, Adam at
+# lr 2e-3 (1e-3 for the dense rows), ten times the thesis's evolution rate (TTP 1 %) and pruning of dead
+# neurons' weights (thesis figure 11). With Adam's per-weight step the loss scale does not matter; with the mean
+# reduction the grown weights -lr*grad start near zero and Adam moves them from there. The earlier choice
+# (summed loss, momentum 0.9 at lr 5e-4, a step of about 2.6 mean gradients) collapsed to chance on MNIST 97 %
+# and Fashion-MNIST 99 % on the H100; these ran every MNIST and Fashion-MNIST row of Table 4 stably for 60
+# epochs on all the data on the CPU: results/settings-search.md.
 OUR_SETTINGS: dict[str, Any] = {
     "loss": "cross_entropy",
-    "loss_reduction": "sum",
-    "optimizer": "momentum",
-    "lr": 5e-4,
+    "loss_reduction": "mean",
+    "optimizer": "adam",
+    "lr": 2e-3,
     "batch_size": thesis.BATCH_SIZE,
     "growth": "gradient",
     "ttp": 0.01,
@@ -53,7 +56,7 @@ OUR_SETTINGS: dict[str, Any] = {
     "k": None,
     "prune_dead": True,
 }
-OUR_DENSE_LR: float | None = 1e-4  # our dense rows: momentum at the thesis's dense lr (5e-4 is aggressive for dense)
+OUR_DENSE_LR: float | None = 1e-3  # dense Adam at 2e-3 ends noisier (MNIST 98.02 % vs 98.48 % at 1e-3, CPU)
 
 # --quick: a subset that finishes in minutes on a CPU.
 QUICK_TRAIN_ROWS = 6000

@@ -161,6 +161,11 @@ def markdown(payload: dict[str, Any]) -> str:
         for name in settings:
             line += f" {_cell(row.get(name))} | {_delta(row, row.get(name))} |"
         lines.append(line)
+    diverged = [(row, name, row[name]["reason"]) for row in payload["rows"] for name in settings
+                if (row.get(name) or {}).get("status") == "diverged"]
+    if diverged:
+        lines += ["", "## Runs that diverged", ""]
+        lines += [f"- {row['data']} {row['row']}, {name} settings: {reason}" for row, name, reason in diverged]
     lines += ["", "## Data used", ""]
     for name, info in payload["data"].items():
         if "error" in info:

@@ -45,11 +45,31 @@ def test_table4_writes_markdown_and_json_with_both_settings(digits_instead_of_mn
             assert row[name]["status"] == "ok" and len(row[name]["test_accuracy"]) == 2
         assert row["thesis"]["config"]["loss"] == "mse" and row["ours"]["config"]["loss"] == common.OUR_SETTINGS["loss"]
     assert saved["rows"][0]["thesis"]["lr"] == thesis.DENSE_LR and saved["rows"][1]["thesis"]["lr"] == thesis.SPARSE_LR
+    assert saved["rows"][0]["ours"]["lr"] == (common.OUR_DENSE_LR or common.OUR_SETTINGS["lr"])
     markdown = (tmp_path / "table4.md").read_text()
     assert "**2 epochs**" in markdown and "Ours, thesis settings" in markdown and "Ours, ours settings" in markdown
     # digits is not the thesis's data: no row may be presented as a comparison
     assert "on other data" in markdown and "| n/a |" in markdown
     assert payload["data"]["digits"]["train_rows"] == 1437
+
+
+def test_table4_markdown_marks_diverged_runs_and_says_why():
+    curve = {"final_test_accuracy": 0.1135, "best_test_accuracy": 0.8754, "test_accuracy": [0.8754, 0.1135]}
+    reason = "collapsed: test accuracy fell from 87.54% (epoch 1) to 11.35% (chance 11.35%) ...; lower the lr"
+    payload = {
+        "quick": False, "command": "sweep reproduce table4", "started": "now", "complete": True, "wall_s": 1.0,
+        "environment": {"device": "cpu", "torch": torch.__version__}, "epochs": 60, "hidden": [256, 256, 256],
+        "seed": 0, "data": {}, "settings": {"thesis": common.THESIS_SETTINGS, "ours": common.OUR_SETTINGS},
+        "rows": [{"table_dataset": "mnist", "data": "mnist", "row": "97%", "thesis_accuracy": 0.9616,
+                  "comparable_with_thesis": True,
+                  "thesis": {"status": "ok", "reason": None, **curve, "final_test_accuracy": 0.9411},
+                  "ours": {"status": "diverged", "reason": reason, **curve}}],
+    }
+    markdown = table4.markdown(payload)
+    assert "| 11.35% (87.54%) diverged | -84.81 |" in markdown and "94.11% (87.54%) | -2.05 |" in markdown
+    assert f"## Runs that diverged\n\n- mnist 97%, ours settings: {reason}\n" in markdown
+    payload["rows"][0]["ours"] = payload["rows"][0]["thesis"]
+    assert "Runs that diverged" not in table4.markdown(payload)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "higgs-subsets").exists(), reason="the real HIGGS samples are not here")

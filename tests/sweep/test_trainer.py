@@ -8,7 +8,7 @@ import torch
 
 from conftest import DEVICES
 from sweep.train_config import ConfigError, TrainConfig
-from sweep.trainer import config_to_command, train
+from sweep.trainer import collapse_reason, config_to_command, train
 
 SMALL = {"dataset": "digits", "hidden": [64, 64], "batch_size": 64}
 
@@ -92,6 +92,35 @@ def test_divergence_is_reported_not_raised(sparsity):
     assert "epoch 1" in metrics["reason"] and "lr" in metrics["reason"]
     assert metrics["epochs_run"] == 0 and metrics["inference_ms"] is None
     json.dumps(metrics)
+
+
+# (test accuracy per epoch, train loss per epoch): curves of real runs, shortened (results/table4.json, H100).
+COLLAPSED_CURVES = {
+    "mnist-97-momentum": ([0.8754, 0.7352, 0.1032, 0.3936, 0.101, 0.1135], [0.921, 1.529, 3.180, 1.568, 2.742, 2.302]),
+    "fashion-99-momentum": ([0.6607, 0.344, 0.104, 0.283, 0.1, 0.1], [1.422, 2.208, 2.450, 1.979, 2.304, 2.304]),
+}
+HEALTHY_CURVES = {
+    "steady": ([0.85, 0.90, 0.93, 0.94], [0.60, 0.27, 0.20, 0.17]),
+    "noisy-end": ([0.836, 0.895, 0.8957, 0.8766], [0.64, 0.30, 0.20, 0.18]),  # fashion dense: -2 points, fine
+    "overfitting": ([0.90, 0.95, 0.60, 0.50], [0.5, 0.1, 0.05, 0.04]),  # accuracy falls but the loss does not rise
+    "never-learned": ([0.11, 0.10, 0.11], [17.5, 2.5, 2.4]),  # at chance throughout: poor, not a collapse
+    "barely-learned": ([0.1007, 0.1, 0.1], [1.43, 4.29, 2.30]),  # a real run: it blew up, but had nothing to lose
+    "one-epoch": ([0.9], [0.3]),
+}
+
+
+@pytest.mark.parametrize("name", COLLAPSED_CURVES)
+def test_a_run_that_learns_then_dies_counts_as_diverged(name):
+    accuracy, loss = COLLAPSED_CURVES[name]
+    reason = collapse_reason(accuracy, loss, chance=0.1135)
+    assert reason is not None and reason.startswith("collapsed:")
+    assert f"{max(accuracy):.2%} (epoch 1)" in reason and f"{accuracy[-1]:.2%}" in reason and "lower the lr" in reason
+
+
+@pytest.mark.parametrize("name", HEALTHY_CURVES)
+def test_noise_overfitting_and_poor_runs_are_not_collapses(name):
+    accuracy, loss = HEALTHY_CURVES[name]
+    assert collapse_reason(accuracy, loss, chance=0.1) is None
 
 
 def test_report_is_called_every_epoch_and_may_stop_the_run():
