@@ -9,19 +9,11 @@ from pathlib import Path
 
 from ..data import DataError
 from ..train_config import ConfigError
-from ._base import Command, UsageError
+from ._base import Command, UsageError, positive_int
 
 TABLE4_DATASETS = ("mnist", "fashion-mnist", "higgs")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
-    return value
 
 
 def _interrupt(signum, frame):
@@ -48,10 +40,10 @@ class ReproduceCommand(Command):
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--no-progress", action="store_true")
             if name != "table3":
-                p.add_argument("--epochs", type=_positive, default=None,
+                p.add_argument("--epochs", type=positive_int, default=None,
                                help="epoch budget of every run (default: 30, or 3 with --quick)")
             if name != "table3":
-                p.add_argument("--jobs", type=_positive, default=1,
+                p.add_argument("--jobs", type=positive_int, default=1,
                                help="training processes sharing the device (default: 1); accuracy is unaffected, "
                                     "per-iteration times then include contention")
             if name == "table4":

@@ -12,20 +12,8 @@ from ..cluster import ClusterError, SweepWorkerPlugin, parse_gpus, start_cluster
 from ..config import ConfigError
 from ..runner import RunnerError, SweepRunner
 from ..study import StorageError, sqlite_path
-from ._base import Command, UsageError
+from ._base import Command, UsageError, positive_int
 from ._sweeps import add_file_argument, add_storage_argument, load_file, resolve_storage
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 class RunCommand(Command):
@@ -34,7 +22,7 @@ class RunCommand(Command):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="sweep name (see `sweep list`)")
-        parser.add_argument("--n-trials", type=_positive, default=None,
+        parser.add_argument("--n-trials", type=positive_int, default=None,
                             help="total trials the study should reach (default: the sweep's n_trials)")
         parser.add_argument("--gpus", default=None, help="GPUs to use, e.g. 0,1 (default: every visible GPU)")
         parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
@@ -43,9 +31,9 @@ class RunCommand(Command):
         parser.add_argument("--data-dir", default=None,
                             help="data directory for the trainer (default: the sweep's data_dir, $SPARSESWEEP_DATA_DIR)")
         add_file_argument(parser)
-        parser.add_argument("--trials-per-gpu", type=_positive, default=None,
+        parser.add_argument("--trials-per-gpu", type=positive_int, default=None,
                             help="concurrent trials per GPU/worker (default: the sweep's trials_per_gpu)")
-        parser.add_argument("--workers", type=_positive, default=None,
+        parser.add_argument("--workers", type=positive_int, default=None,
                             help="CPU-only machines: number of worker processes (default: cores, at most 4)")
         parser.add_argument("--cpu", action="store_true", help="use a CPU LocalCluster even if GPUs are visible")
         parser.add_argument("--host", default="127.0.0.1", help="address the scheduler and dashboard listen on")
