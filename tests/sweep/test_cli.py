@@ -200,7 +200,11 @@ def test_driver_killed_with_sigkill_resumes_and_completes(tmp_path):
         t = by_number[number]
         assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"].startswith("orphaned")
         (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == number]
-        assert retry.params == t.params and retry.state == TrialState.COMPLETE
+        assert retry.state == TrialState.COMPLETE
+        # A driver killed between `ask` and the trial's suggestions leaves a RUNNING trial with no params yet;
+        # its retry then draws its own. Otherwise the retry reruns exactly the lost parameters.
+        if t.params:
+            assert retry.params == t.params
 
 
 @pytest.mark.slow
