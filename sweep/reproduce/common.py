@@ -79,6 +79,11 @@ def load(name: str, data_dir: str | None, device: torch.device, quick: bool) -> 
     return subset(data, QUICK_TRAIN_ROWS, QUICK_TEST_ROWS) if quick else data
 
 
+def run_header(clock: "Stopwatch", quick: bool, **fields: Any) -> dict[str, Any]:
+    """The keys every reproduction's results file starts with: what ran, when, and whether it finished."""
+    return {"command": command_line(), "started": clock.started_at, "complete": False, "quick": quick, **fields}
+
+
 def command_line() -> str:
     """The command that is running, as a person would type it again."""
     program = Path(sys.argv[0])

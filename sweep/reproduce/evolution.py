@@ -24,13 +24,7 @@ def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: 
     data = common.load(dataset, data_dir, torch.device("cpu"), quick)
     payload: dict[str, Any] = {
         "figure": "8 and 10",
-        "command": common.command_line(),
-        "started": clock.started_at,
-        "complete": False,
-        "quick": quick,
-        "epochs": epochs,
-        "seed": seed,
-        "jobs": jobs,
+        **common.run_header(clock, quick, epochs=epochs, seed=seed, jobs=jobs),
         "settings": common.THESIS_SETTINGS,
         "hidden": thesis.HIDDEN,
         "environment": common.environment(torch_device),

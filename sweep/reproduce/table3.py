@@ -94,10 +94,7 @@ def run_table3(*, data_dir: str | None = None, device: str = "auto", quick: bool
 
     payload: dict[str, Any] = {
         "table": "3",
-        "command": common.command_line(),
-        "started": clock.started_at,
-        "quick": quick,
-        "complete": False,
+        **common.run_header(clock, quick),
         "environment": common.environment(torch_device),
         "data": data.describe(),
         "inference_network": inference_sizes,

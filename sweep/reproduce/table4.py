@@ -59,13 +59,7 @@ def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int
     rows = plan(datasets, higgs, data_dir)
     payload: dict[str, Any] = {
         "table": "4",
-        "command": common.command_line(),
-        "started": clock.started_at,
-        "complete": False,
-        "quick": quick,
-        "epochs": epochs,
-        "seed": seed,
-        "jobs": jobs,
+        **common.run_header(clock, quick, epochs=epochs, seed=seed, jobs=jobs),
         "accuracy": "test accuracy after the last epoch (final) and the best over the epochs (best), fractions",
         "settings": {name: SETTINGS[name] for name in settings},
         "our_dense_lr": common.OUR_DENSE_LR,
