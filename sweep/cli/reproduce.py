@@ -14,8 +14,6 @@ from ._base import Command, UsageError, positive_int
 TABLE4_DATASETS = ("mnist", "fashion-mnist", "higgs")
 
 
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -46,6 +44,10 @@ class ReproduceCommand(Command):
                 p.add_argument("--jobs", type=positive_int, default=1,
                                help="training processes sharing the device (default: 1); accuracy is unaffected, "
                                     "per-iteration times then include contention")
+            if name != "table3":
+                p.add_argument("--hidden", type=positive_int, nargs="+", default=None, metavar="WIDTH",
+                               help="hidden layer widths (default: the thesis's 256 256 256; the mixed HIGGS row "
+                                    "needs exactly three)")
             if name == "table4":
                 p.add_argument("--datasets", nargs="+", choices=TABLE4_DATASETS, default=list(TABLE4_DATASETS))
                 p.add_argument("--higgs", choices=("auto", "full", "samples", "skip"), default="auto",
@@ -66,11 +68,11 @@ class ReproduceCommand(Command):
         try:
             if args.what == "table4":
                 reproduce.run_table4(epochs=epochs, datasets=args.datasets, higgs=args.higgs, settings=args.settings,
-                                     jobs=args.jobs, **common)
+                                     jobs=args.jobs, hidden=args.hidden, **common)
             elif args.what == "table3":
                 reproduce.run_table3(**common)
             else:
-                reproduce.run_evolution(epochs=epochs, jobs=args.jobs, **common)
+                reproduce.run_evolution(epochs=epochs, jobs=args.jobs, hidden=args.hidden, **common)
         except (ConfigError, DataError) as exc:
             raise UsageError(str(exc)) from exc
         markdown = (Path(args.out) / f"{args.what}.md").read_text()

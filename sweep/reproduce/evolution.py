@@ -18,7 +18,8 @@ SPARSITIES = (0.9, 0.97, 0.99)
 
 def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: int = 30, quick: bool = False,
                   out_dir: str | Path = "results", dataset: str = "mnist", seed: int = 0, jobs: int = 1,
-                  progress: bool = True) -> dict[str, Any]:
+                  hidden: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
+    hidden = list(hidden or thesis.HIDDEN)
     torch_device = common.pick_device(device)
     clock = common.Stopwatch()
     data = common.load(dataset, data_dir, torch.device("cpu"), quick)
@@ -26,7 +27,7 @@ def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: 
         "figure": "8 and 10",
         **common.run_header(clock, quick, epochs=epochs, seed=seed, jobs=jobs),
         "settings": common.THESIS_SETTINGS,
-        "hidden": thesis.HIDDEN,
+        "hidden": hidden,
         "environment": common.environment(torch_device),
         "data": data.describe(),
         "runs": [],
@@ -35,7 +36,7 @@ def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: 
     tasks = []
     for sparsity in SPARSITIES:
         for growth in GROWTHS:
-            config = dict(common.THESIS_SETTINGS, dataset=dataset, hidden=list(thesis.HIDDEN), sparsity=sparsity,
+            config = dict(common.THESIS_SETTINGS, dataset=dataset, hidden=list(hidden), sparsity=sparsity,
                           growth=growth, epochs=epochs, seed=seed, device=str(torch_device))
             tasks.append({"data": dataset, "data_dir": data_dir, "quick": quick, "config": config,
                           "label": f"evolution {sparsity:.0%} {growth}", "sparsity": sparsity, "growth": growth})

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from .. import thesis
 from ..data import DATASETS, DataError, resolve_data_dir
+from ..train_config import ConfigError
 from . import common
 
 HIGGS_SAMPLES = ("higgs-sas-11k", "higgs-h2o-5k")
@@ -41,8 +42,10 @@ def plan(datasets: list[str], higgs: str, data_dir: str | None) -> list[dict[str
     return rows
 
 
-def trial_config(row: dict[str, Any], settings_name: str, epochs: int, seed: int, device: str) -> dict[str, Any]:
-    config = dict(SETTINGS[settings_name], dataset=row["data"], hidden=list(thesis.HIDDEN), sparsity=row["sparsity"],
+def trial_config(row: dict[str, Any], settings_name: str, epochs: int, seed: int, device: str,
+                 hidden: list[int] | None = None) -> dict[str, Any]:
+    config = dict(SETTINGS[settings_name], dataset=row["data"], hidden=list(hidden or thesis.HIDDEN),
+                  sparsity=row["sparsity"],
                   epochs=epochs, seed=seed, device=device)
     if row["sparsity"] is None and settings_name == "ours" and common.OUR_DENSE_LR is not None:
         config["lr"] = common.OUR_DENSE_LR
@@ -51,9 +54,16 @@ def trial_config(row: dict[str, Any], settings_name: str, epochs: int, seed: int
 
 def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int = 30, quick: bool = False,
                out_dir: str | Path = "results", datasets: list[str] | None = None, higgs: str = "auto",
-               seed: int = 0, settings: list[str] | None = None, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+               seed: int = 0, settings: list[str] | None = None, jobs: int = 1, hidden: list[int] | None = None,
+               progress: bool = True) -> dict[str, Any]:
     datasets = datasets or list(thesis.TABLE4)
     settings = settings or list(SETTINGS)
+    hidden = list(hidden or thesis.HIDDEN)
+    mixed = thesis.SPARSITY_OF_ROW["95-99-99-90%"]
+    if "higgs" in datasets and higgs != "skip" and len(hidden) + 1 != len(mixed):
+        raise ConfigError(f"the HIGGS row 95-99-99-90% sets {len(mixed)} weight layers, so it needs "
+                          f"{len(mixed) - 1} hidden widths, not {len(hidden)} ({hidden}); give three widths to "
+                          f"--hidden, or leave HIGGS out (--datasets mnist fashion-mnist, or --higgs skip)")
     torch_device = common.pick_device(device)
     clock = common.Stopwatch()
     rows = plan(datasets, higgs, data_dir)
@@ -63,7 +73,7 @@ def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int
         "accuracy": "test accuracy after the last epoch (final) and the best over the epochs (best), fractions",
         "settings": {name: SETTINGS[name] for name in settings},
         "our_dense_lr": common.OUR_DENSE_LR,
-        "hidden": thesis.HIDDEN,
+        "hidden": hidden,
         "environment": common.environment(torch_device),
         "data": {},
         "rows": rows,
@@ -84,7 +94,7 @@ def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int
                 continue
             tasks.append({"row": index, "settings": name, "data": row["data"], "data_dir": data_dir, "quick": quick,
                           "label": f"table4 {row['data']} {row['row']} {name}",
-                          "config": trial_config(row, name, epochs, seed, str(torch_device))})
+                          "config": trial_config(row, name, epochs, seed, str(torch_device), hidden)})
     out_dir = Path(out_dir)
 
     def record(i: int, metrics: dict[str, Any]) -> None:

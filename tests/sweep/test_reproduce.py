@@ -138,3 +138,19 @@ def test_reproduce_rejects_a_bad_epoch_budget(capsys):
     with pytest.raises(SystemExit) as info:
         main(["reproduce", "table4", "--epochs", "0"])
     assert info.value.code == 2
+
+
+def test_table4_hidden_widths_reach_every_run_and_the_results(digits_instead_of_mnist, tmp_path):
+    table4.run_table4(device="cpu", epochs=1, quick=True, out_dir=tmp_path, datasets=["mnist"], settings=["thesis"],
+                      hidden=[24, 16],
+                      progress=False)
+    saved = json.loads((tmp_path / "table4.json").read_text())
+    assert saved["hidden"] == [24, 16]
+    assert all(row["thesis"]["config"]["hidden"] == [24, 16] for row in saved["rows"])
+    assert "network 24-16 hidden" in (tmp_path / "table4.md").read_text()
+
+
+def test_table4_mixed_higgs_row_needs_three_hidden_widths(tmp_path, capsys):
+    assert main(["reproduce", "table4", "--datasets", "higgs", "--hidden", "64", "64", "--out", str(tmp_path)]) == 2
+    assert "needs 3 hidden widths" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
