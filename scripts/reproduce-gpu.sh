@@ -3,7 +3,7 @@
 # write results/{table3,table4,evolution}.{md,json} and results/evolution.png.
 #
 #   scripts/reproduce-gpu.sh                      # data in .data/ (mnist/, fashion-mnist/, higgs-subsets/)
-#   DATA_DIR=/path/to/data EPOCHS=60 scripts/reproduce-gpu.sh
+#   DATA_DIR=/path/to/data EPOCHS=150 scripts/reproduce-gpu.sh
 #
 # Table 3 runs first and alone (its timings must not share the GPU; it also builds the CUDA kernels once).
 # Then Table 4 (in the foreground, with its progress bar) and the evolution comparison (in the background,
@@ -12,15 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA_DIR=${DATA_DIR:-.data}
-EPOCHS=${EPOCHS:-60}          # the epoch budget of every Table 4 and evolution run (stated in the results)
-JOBS_TABLE4=${JOBS_TABLE4:-4}
-JOBS_EVOLUTION=${JOBS_EVOLUTION:-3}
+EPOCHS=${EPOCHS:-150}         # the epoch budget of every Table 4 and evolution run (stated in the results)
+JOBS_TABLE4=${JOBS_TABLE4:-8}
+JOBS_EVOLUTION=${JOBS_EVOLUTION:-5}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-results}
 PYTHON=${PYTHON:-python}
 # Time limits (s): a run that overruns is stopped (SIGTERM) and leaves its results so far, marked INCOMPLETE.
 LIMIT_TABLE3=${LIMIT_TABLE3:-120}
-LIMIT_TRAINING=${LIMIT_TRAINING:-360}
+LIMIT_TRAINING=${LIMIT_TRAINING:-840}
 
 start=$(date +%s)
 mkdir -p "$OUT/logs"

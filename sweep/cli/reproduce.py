@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..data import DataError
+from ..reproduce.common import EPOCHS
 from ..train_config import ConfigError
 from ._base import Command, UsageError, positive_int
 
@@ -39,7 +40,7 @@ class ReproduceCommand(Command):
             p.add_argument("--no-progress", action="store_true")
             if name != "table3":
                 p.add_argument("--epochs", type=positive_int, default=None,
-                               help="epoch budget of every run (default: 30, or 3 with --quick)")
+                               help="epoch budget of every run (default: 150, or 3 with --quick)")
             if name != "table3":
                 p.add_argument("--jobs", type=positive_int, default=1,
                                help="training processes sharing the device (default: 1); accuracy is unaffected, "
@@ -64,7 +65,7 @@ class ReproduceCommand(Command):
         start = time.perf_counter()
         common = dict(data_dir=args.data_dir, device=args.device, quick=args.quick, out_dir=args.out, seed=args.seed,
                       progress=not args.no_progress)
-        epochs = getattr(args, "epochs", None) or (3 if args.quick else 30)
+        epochs = getattr(args, "epochs", None) or (3 if args.quick else EPOCHS)
         try:
             if args.what == "table4":
                 reproduce.run_table4(epochs=epochs, datasets=args.datasets, higgs=args.higgs, settings=args.settings,

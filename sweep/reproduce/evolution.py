@@ -16,7 +16,7 @@ GROWTHS = ("gradient", "random", "none")
 SPARSITIES = (0.9, 0.97, 0.99)
 
 
-def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: int = 30, quick: bool = False,
+def run_evolution(*, data_dir: str | None = None, device: str = "auto", epochs: int = common.EPOCHS, quick: bool = False,
                   out_dir: str | Path = "results", dataset: str = "mnist", seed: int = 0, jobs: int = 1,
                   hidden: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
     hidden = list(hidden or thesis.HIDDEN)

@@ -52,7 +52,7 @@ def trial_config(row: dict[str, Any], settings_name: str, epochs: int, seed: int
     return config
 
 
-def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int = 30, quick: bool = False,
+def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int = common.EPOCHS, quick: bool = False,
                out_dir: str | Path = "results", datasets: list[str] | None = None, higgs: str = "auto",
                seed: int = 0, settings: list[str] | None = None, jobs: int = 1, hidden: list[int] | None = None,
                progress: bool = True) -> dict[str, Any]:
