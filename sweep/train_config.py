@@ -47,6 +47,8 @@ class TrainConfig:
     init: str = "sparse_xavier"
     seed: int = 0
     device: str = "auto"
+    # Replay each training iteration from a CUDA graph (sweep/graph_step.py); ignored on the CPU.
+    cuda_graph: bool = True
 
     @classmethod
     def from_any(cls, config: "TrainConfig | dict[str, Any] | None") -> "TrainConfig":
@@ -137,6 +139,8 @@ class TrainConfig:
             raise ConfigError(f"prune_dead must be true or false, not {self.prune_dead!r}")
         if self.prune_dead and self.growth == "none":
             raise ConfigError("prune_dead changes the topology, so it needs growth gradient or random, not none")
+        if not isinstance(self.cuda_graph, bool):
+            raise ConfigError(f"cuda_graph must be true or false, not {self.cuda_graph!r}")
         integer("seed", 0)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")

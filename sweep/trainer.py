@@ -4,6 +4,7 @@ memory. Everything returned is a plain JSON type (see docs/architecture.md, "Tra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import shlex
@@ -15,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
+from .graph_step import GraphedTrainStep
 from .metrics import device_name, model_size
 from .timing import DeviceTimer, median_ms, synchronize
 from .train_config import DEFAULTS, ConfigError, TrainConfig
@@ -65,13 +67,13 @@ def build_model(cfg: TrainConfig, n_in: int, n_out: int, device: torch.device,
     return model.to(device)
 
 
-def _build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def _build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
     params = model.parameters()
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if cfg.optimizer == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, capturable=graphed)  # a graph replays the step: its counter on the GPU
 
 
 def _build_evolver(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -156,9 +158,11 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
     data = dataset.to(device) if dataset is not None else _cached_dataset(cfg.dataset, cfg.data_dir, str(device))
     model = build_model(cfg, data.n_features, data.n_classes, device, init_gen)
     lr = cfg.effective_lr()
-    optimizer = _build_optimizer(cfg, model, lr)
+    graphed = cfg.cuda_graph and device.type == "cuda"
+    optimizer = _build_optimizer(cfg, model, lr, graphed)
     evolver = _build_evolver(cfg, model, optimizer, evolve_gen)
     loss_fn = _loss_fn(cfg, data.n_classes)
+    step = GraphedTrainStep(model, loss_fn, optimizer, device) if graphed else None
 
     n_train = data.x_train.shape[0]
     batch = min(cfg.batch_size, n_train)
@@ -176,14 +180,17 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
         order = torch.randperm(n_train, generator=shuffle_gen).to(device)  # one small copy per epoch
         loss_total = torch.zeros((), dtype=torch.float64, device=device)
         train_timer, evolve_timer = DeviceTimer(device), DeviceTimer(device)
-        with train_timer:
+        with train_timer, (step.on_stream() if step else contextlib.nullcontext()):
             for b in range(n_batches):
                 index = order[b * batch:(b + 1) * batch]
                 x, y = data.x_train[index], data.y_train[index]  # (batch, n_in), (batch,)
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if step is not None:
+                    loss = step(x, y)
+                else:
+                    loss = loss_fn(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
                 loss_total += loss.detach() * _per_sample_scale(cfg, x.shape[0], data.n_classes)
             # Free the last batch's autograd graph before evolving: a live graph keeps the old-shape gradient
             # accumulator of each `values` Parameter, which the evolver may resize (nnz can change).
@@ -197,7 +204,8 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
         train_loss.append(epoch_loss)
         if evolver is not None:
             with evolve_timer:
-                evolver.step(epoch, lr)
+                if evolver.step(epoch, lr) and step is not None:
+                    step.reset()  # new weights, optimizer state and layouts: capture again
         epoch_s.append(train_timer.seconds + evolve_timer.seconds)
         model.eval()
         accuracy = _accuracy(model, data.x_test, data.y_test)

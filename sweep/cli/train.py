@@ -66,6 +66,9 @@ class TrainCommand(Command):
         add(*_flags("init"), choices=INITS, default=d["init"])
         add(*_flags("seed"), type=int, default=d["seed"])
         add(*_flags("device"), default=d["device"], help="auto, cpu, cuda or cuda:N (default: auto)")
+        add(*_flags("cuda_graph"), action=argparse.BooleanOptionalAction, default=d["cuda_graph"],
+            help="on a GPU, replay each training iteration from a CUDA graph captured once per topology "
+                 "(default: on; ignored on the CPU)")
         add("--json", action="store_true", help="print the metrics as JSON on stdout")
         add("--no-progress", action="store_true", help="no progress bar")
 

@@ -161,6 +161,7 @@ def test_sum_reduction_is_the_reading_that_trains_with_the_thesis_lr():
         ({"device": "gpu"}, "device"),
         ({"growth": "none", "prune_dead": True}, "prune_dead"),
         ({"hidden": [0]}, "hidden"),
+        ({"cuda_graph": "yes"}, "cuda_graph must be true or false"),
     ],
 )
 def test_bad_config_is_rejected_early_with_the_fix(config, message):

@@ -1,0 +1,95 @@
+"""Training iterations replayed from a CUDA graph, captured once per topology.
+
+Why: the thesis's networks (and most sweep trials) are small, so an eager iteration on a GPU is bound by host
+work: Python, the autograd engine and some thirty kernel launches for a four-layer sparse MLP, each a few
+microseconds of GPU time. A CUDA graph launches the whole iteration (forward, loss, backward, optimizer step) at
+once. What keeps a replayed iteration equal to an eager one:
+
+- The graph is captured after `warmup` eager iterations on the capture stream, on real batches: they are training
+  steps like any other, and they create what the capture must not (the optimizer's lazy state, cuBLAS workspaces,
+  the sparse ops' per-topology layouts, which are cached per stream).
+- Topology evolution replaces the weights, their optimizer state and the layouts, so `reset()` drops the graph and
+  the next full batch starts warming up and capturing again.
+- A batch of another size than the captured one (the last, partial batch of an epoch) runs eagerly.
+- Adam must be built with capturable=True (its step counter then lives on the GPU).
+- The evolver's hooks run once, at capture, and keep the graph's own input and cost buffers; every replay rewrites
+  those buffers, so after an epoch they hold its last full batch, as after eager training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class GraphedTrainStep:
+    """`step(x, y)` trains on one batch and returns its loss; use it inside `with step.on_stream():`."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, device: torch.device, warmup: int = 2) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}; train eagerly on the CPU")
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1 eager iteration before a capture, not {warmup}")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.warmup = warmup
+        self.stream = torch.cuda.Stream(device)
+        self.captures = 0  # how many graphs were captured (one per topology)
+        self.replays = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the graph: call it whenever the parameters or the optimizer's state tensors are replaced."""
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._x = self._y = self._loss = None
+        self._eager_since_reset = 0
+
+    @contextlib.contextmanager
+    def on_stream(self) -> Iterator[None]:
+        """Run the enclosed iterations on the capture stream, ordered after and before the caller's stream."""
+        caller = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._graph is not None and x.shape == self._x.shape and y.shape == self._y.shape:
+            self._x.copy_(x)
+            self._y.copy_(y)
+            self._graph.replay()
+            self.replays += 1
+            return self._loss
+        if self._graph is not None or self._eager_since_reset < self.warmup:
+            if self._graph is None:
+                self._eager_since_reset += 1
+            return self._eager(x, y)
+        self._capture(x, y)
+        self._graph.replay()
+        self.replays += 1
+        return self._loss
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._x, self._y = x.clone(), y.clone()  # the graph's input buffers, refilled before each replay
+        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: trials that share a process (threads of a Dask worker) keep using the GPU meanwhile.
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            loss = self.loss_fn(self.model(self._x), self._y)
+            loss.backward()
+            self.optimizer.step()
+        self._loss = loss.detach()
+        self._graph = graph
+        self.captures += 1
