@@ -38,7 +38,7 @@ def test_training_on_digits_is_well_above_chance(device, config, floor):
 
 
 def test_metrics_have_the_promised_keys_types_and_units():
-    metrics = train({**SMALL, "sparsity": 0.9, "epochs": 3})
+    metrics = train({**SMALL, "sparsity": 0.9, "epochs": 3, "device": "cpu"})
     assert METRIC_KEYS <= set(metrics)
     json.dumps(metrics)  # plain JSON types only
     assert metrics["status"] == "ok" and metrics["reason"] is None and metrics["epochs_run"] == 3
