@@ -14,15 +14,42 @@ once. What keeps a replayed iteration equal to an eager one:
 - Adam must be built with capturable=True (its step counter then lives on the GPU).
 - The evolver's hooks run once, at capture, and keep the graph's own input and cost buffers; every replay rewrites
   those buffers, so after an epoch they hold its last full batch, as after eager training.
+- A capture must not overlap GPU work of other threads of the process (a Dask worker that runs two trials per
+  GPU runs them in two threads; such a run hung on the H100). Every training run on a GPU registers itself with
+  `gpu_training()`, and a step captures only while its run is the only one in the process, holding the lock
+  that registration takes: a run that starts meanwhile waits for the capture to end, and while several runs
+  are active every step runs eagerly (graphs captured earlier keep replaying; a replay is an ordinary launch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+
+
+_LOCK = threading.Lock()
+_active_runs = 0  # training runs on a GPU in this process (any thread), eager or graphed
+
+
+@contextlib.contextmanager
+def gpu_training() -> Iterator[None]:
+    """Register one training run on a GPU for its duration (see the module docstring)."""
+    global _active_runs
+    with _LOCK:
+        _active_runs += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _active_runs -= 1
+
+
+def active_gpu_trainings() -> int:
+    return _active_runs
 
 
 class GraphedTrainStep:
@@ -39,6 +66,7 @@ class GraphedTrainStep:
         self.stream = torch.cuda.Stream(device)
         self.captures = 0  # how many graphs were captured (one per topology)
         self.replays = 0
+        self.skipped_captures = 0  # iterations run eagerly because other training runs shared the process
         self.reset()
 
     def reset(self) -> None:
@@ -69,7 +97,13 @@ class GraphedTrainStep:
             if self._graph is None:
                 self._eager_since_reset += 1
             return self._eager(x, y)
-        self._capture(x, y)
+        with _LOCK:
+            alone = _active_runs <= 1
+            if alone:
+                self._capture(x, y)
+        if not alone:
+            self.skipped_captures += 1
+            return self._eager(x, y)
         self._graph.replay()
         self.replays += 1
         return self._loss

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
-from .graph_step import GraphedTrainStep
+from .graph_step import GraphedTrainStep, gpu_training
 from .metrics import device_name, model_size
 from .timing import DeviceTimer, median_ms, synchronize
 from .train_config import DEFAULTS, ConfigError, TrainConfig
@@ -148,6 +148,12 @@ def train(config: TrainConfig | dict[str, Any] | None = None, *, report: Report 
     """
     cfg = TrainConfig.from_any(config)
     device = resolve_device(cfg.device)
+    with gpu_training() if device.type == "cuda" else contextlib.nullcontext():
+        return _train(cfg, device, report, progress, dataset)
+
+
+def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progress: bool,
+           dataset: Dataset | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     init_gen = torch.Generator().manual_seed(cfg.seed)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)

@@ -111,3 +111,38 @@ def test_graphed_adam_trains_like_eager_adam():
     assert graphed["train_loss"][0] == pytest.approx(eager["train_loss"][0], rel=1e-3)
     assert graphed["final_test_accuracy"] == pytest.approx(eager["final_test_accuracy"], abs=0.03)
     assert graphed["final_test_accuracy"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.gpu
+def test_no_capture_while_another_training_run_shares_the_process():
+    from sweep.graph_step import active_gpu_trainings, gpu_training
+
+    model = _mlp(5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    step = GraphedTrainStep(model, F.cross_entropy, optimizer, torch.device("cuda"), warmup=1)
+    with gpu_training(), gpu_training():  # this run and another one
+        assert active_gpu_trainings() == 2
+        with step.on_stream():
+            for x, y in _batches(3, 32, seed=6):
+                step(x, y)
+    assert step.captures == 0 and step.skipped_captures == 2
+    with gpu_training():  # alone again: the next full batch captures
+        with step.on_stream():
+            for x, y in _batches(2, 32, seed=7):
+                step(x, y)
+    assert step.captures == 1 and active_gpu_trainings() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(240)
+def test_concurrent_training_threads_finish_and_match_their_lone_runs():
+    # a Dask worker with two trials per GPU runs them in two threads of one process
+    import concurrent.futures
+
+    configs = [{**SMALL, "sparsity": 0.9, "epochs": 3, "seed": seed} for seed in (0, 1)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(train, configs))
+    alone = [train(c) for c in configs]
+    for a, b in zip(together, alone):
+        assert a["status"] == b["status"] == "ok"
+        torch.testing.assert_close(a["train_loss"], b["train_loss"], rtol=1e-5, atol=1e-6)
