@@ -29,6 +29,6 @@ python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/sweep 2>&1 |
 if [ "${SCALING:-1}" = 1 ]; then
   echo "== scaling baseline (1 GPU)"
   python3 benchmarks/scaling.py --sweep fashion-tradeoff --trials 8 --per-gpu 1 2 --data-dir "$data" --no-progress \
-    --out "$out/scaling" 2>&1 | tail -25 || status=1
+    --out "$out/scaling" 2>&1 || status=1
 fi
 exit $status
