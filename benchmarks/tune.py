@@ -5,7 +5,7 @@
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
-block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_NO_CACHE=1 (rebuild
+block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
 """
 
@@ -23,11 +23,13 @@ from sparselayer import _cuda, ops  # noqa: E402
 from sparselayer.csr import transpose_index  # noqa: E402
 
 CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99)]
-SPMM = [  # DB, NB, J, P (None: the launcher's default)
-    (None, None, None, None), (2, None, None, None), (1, None, None, None),
-    (1, 1, 16, 256), (1, 1, 16, 128), (1, 1, 8, 256), (1, 2, 8, 128), (1, 2, 8, 64), (1, 2, 4, 128),
+SPMM = [  # DB, NB, J, P, T (None: the launcher's default)
+    (None, None, None, None, None), (2, None, None, None, 256), (1, None, None, None, None),
+    (2, 1, 16, None, 512), (2, 1, 16, 256, 512), (2, 1, 8, None, 512), (2, 1, 8, None, 256),
+    (1, 1, 16, 256, None), (1, 2, 8, 128, None),
 ]
-SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P")
+SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P",
+             "SPARSELAYER_SPMM_T")
 SLOTS = [16, 8]
 
 
@@ -59,10 +61,11 @@ def main():
                 setenv(name, v)
             y = ops.spmm(crow, col, values, x, n_out)
             assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), config
-            db, nb, j, p = config
-            line.append(f"spmm DB{db}/NB{nb}/J{j}/P{p} {bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
-            if config[:1] == (1,) and config[1:] == (None, None, None):
-                line.append(f"spmm_t DB1 {bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in)):.3f}")
+            db, nb, j, p, t = config
+            line.append(f"spmm DB{db}/NB{nb}/J{j}/P{p}/T{t} "
+                        f"{bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
+            if config[1:4] == (None, None, None):
+                line.append(f"spmm_t {bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in)):.3f}")
         for name in SPMM_VARS:
             setenv(name, None)
         ref_sd = ops.sddmm(crow, col, dy, x)

@@ -67,18 +67,19 @@ __device__ __forceinline__ int swizzled_chunk(int c, int q) {
 
 // Stage m[b0 : b0+32, c0 : c0+P] (zero outside the matrix) into the swizzled tile ts. P % 32 == 0.
 // m is (nrows, ncols) with strides (sb, sc); vec: sc == 1, ncols % 4 == 0, rows 16-byte aligned.
-template <int U>
+// T: threads of the block.
+template <int U, int T = kThreads>
 __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const float* __restrict__ m,
                                                    int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
                                                    int b0, int c0, int P) {
   if (vec) {
     // Item i: 8 consecutive lanes read 8 consecutive float4 (128 contiguous bytes) of one batch row.
     const int n4 = kBt * (P / 4);
-    for (int i0 = threadIdx.x; i0 < n4; i0 += U * kThreads) {
+    for (int i0 = threadIdx.x; i0 < n4; i0 += U * T) {
       float4 v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         const int cq = ((i >> 8) << 3) | (i & 7);  // column quad within the panel
         const int gb = b0 + ((i >> 3) & (kBt - 1)), gc = c0 + 4 * cq;
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -86,7 +87,7 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         if (i < n4) {
           const int cq = ((i >> 8) << 3) | (i & 7);
           const int b = (i >> 3) & (kBt - 1);
@@ -100,17 +101,17 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
     }
   } else {
     const int n = kBt * P;
-    for (int i0 = threadIdx.x; i0 < n; i0 += U * kThreads) {
+    for (int i0 = threadIdx.x; i0 < n; i0 += U * T) {
       float v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
         v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         const int b = i & (kBt - 1);
         if (i < n) ts[swizzled_chunk(i >> 5, b >> 2) + (b & 3)] = v[u];
       }

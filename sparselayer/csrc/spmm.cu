@@ -96,19 +96,21 @@ pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ p
     q[static_cast<int64_t>(gridDim.x) * n_panels * R] = static_cast<int32_t>(ptr[n_rows]);
 }
 
-// Blocks per SM the register budget is shaped for: 64 accumulator registers per thread at J * NB = 16.
-template <int J, int NB>
-constexpr int min_blocks() { return J * NB >= 16 ? 2 : 3; }
+// Blocks per SM the register budget is shaped for: 64 accumulator registers per thread at J * NB = 16 with 256
+// threads; 512-thread blocks hold the same rows with half the accumulators per thread (J = 8), two blocks per SM.
+template <int J, int NB, int T>
+constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 
 // NB batch sub-tiles of 32 per block: lane l of a row group holds batch values 4l..4l+3 of each sub-tile,
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
-template <int J, int NB>
-__global__ void __launch_bounds__(kThreads, (min_blocks<J, NB>()))
+// T threads per block (256, or 512 to double the warps per SM for the same rows per block).
+template <int J, int NB, int T>
+__global__ void __launch_bounds__(T, (min_blocks<J, NB, T>()))
 spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
                   const float* __restrict__ x,
                   int64_t sxb, int64_t sxc, bool vec, int batch, int n_cols, int n_rows, int n_panels, int P,
                   int cap, float* __restrict__ y) {
-  constexpr int G = kThreads / kLanes;  // row groups per block
+  constexpr int G = T / kLanes;  // row groups per block
   constexpr int R = G * J;              // rows per block
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);              // NB x [P][32] swizzled
@@ -118,6 +120,7 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
   const int b0 = blockIdx.y * kBt * NB;
   const int lane_bits = l << 2;  // swizzled_chunk(c, l) == packed column offset ^ (l << 2)
   const int sub = P * kBt;       // floats per sub-tile
+  constexpr int U = T > kThreads ? 2 : 4;  // loads in flight per thread while staging (the same per block)
 
   float4 acc[J][NB];
 #pragma unroll
@@ -130,28 +133,28 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
     const int cb = __ldg(qp), n = __ldg(qp + R) - cb;  // this panel's chunk: packed[cb, cb + n)
     const int c0 = p * P;
     const int staged = min(n, cap);
-    for (int t0 = tid; t0 < staged; t0 += 4 * kThreads) {
-      int2 w[4];
+    for (int t0 = tid; t0 < staged; t0 += U * T) {
+      int2 w[U];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int t = t0 + u * kThreads;
+      for (int u = 0; u < U; ++u) {
+        const int t = t0 + u * T;
         if (t < staged) w[u] = __ldg(packed + cb + t);
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int t = t0 + u * kThreads;
+      for (int u = 0; u < U; ++u) {
+        const int t = t0 + u * T;
         if (t < staged) w[u].y = __float_as_int(__ldg(vals + w[u].y));
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int t = t0 + u * kThreads;
+      for (int u = 0; u < U; ++u) {
+        const int t = t0 + u * T;
         if (t < staged) sw[t] = w[u];
       }
     }
-    for (int i = tid; i <= R; i += kThreads) seg[i] = __ldg(qp + i) - cb;
+    for (int i = tid; i <= R; i += T) seg[i] = __ldg(qp + i) - cb;
 #pragma unroll
     for (int h = 0; h < NB; ++h)
-      load_tile_swizzled<4>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
+      load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
     __syncthreads();
     if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
 #pragma unroll
@@ -361,9 +364,13 @@ __global__ void spmm_simple_kernel(const int64_t* __restrict__ ptr, const int64_
 
 // One launch configuration of the fp32 panel kernels (chosen in csr_times_dense).
 struct PanelConfig {
-  int J, NB, P, cap, smem;
-  bool db;  // double-buffered kernel (P a power of two)
+  int J, NB, P, cap, smem;  // J: rows per block / 32
+  bool db;                  // double-buffered kernel (P a power of two)
+  int threads;              // threads per block of the single-buffered kernel: 256, or 512 where has_wide
 };
+
+// 512-thread blocks exist for the single-buffered kernel with one batch tile and 256 or 512 rows per block.
+constexpr bool has_wide(int J, int NB) { return NB == 1 && (J == 8 || J == 16); }
 
 template <int J, int NB>
 void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
@@ -382,15 +389,26 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
         q.data_ptr<int32_t>(), pk, pvals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
         static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap,
         y.data_ptr<float>());
+  } else if (c.threads == 2 * kThreads) {
+    if constexpr (has_wide(J, NB)) {  // the same R rows over twice the row groups
+      allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads>), x.get_device());
+      spmm_panel_kernel<J / 2, NB, 2 * kThreads><<<grid, 2 * kThreads, c.smem, stream>>>(
+          q.data_ptr<int32_t>(), pk, vals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
+          can_vectorise(x), static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels,
+          c.P, c.cap, y.data_ptr<float>());
+    }
   } else {
-    allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB>), x.get_device());
-    spmm_panel_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
+    allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads>), x.get_device());
+    spmm_panel_kernel<J, NB, kThreads><<<grid, kThreads, c.smem, stream>>>(
         q.data_ptr<int32_t>(), pk, vals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
         can_vectorise(x), static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels,
         c.P, c.cap, y.data_ptr<float>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// Threads per block of the single-buffered kernel when SPARSELAYER_SPMM_T does not say.
+int default_threads(const PanelConfig& c) { return kThreads; }
 
 // Shared memory of a panel block: NB x tiles, `cap` staged nonzeros, R + 1 segment bounds.
 int panel_smem(int P, int cap, int R, int NB) { return NB * P * kBt * 4 + cap * 8 + (R + 1) * 4; }
@@ -423,7 +441,10 @@ PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t 
   const int j_env = env_int("SPARSELAYER_SPMM_J"), p_env = env_int("SPARSELAYER_SPMM_P");
   if (j_env == 1 || j_env == 2 || j_env == 4 || j_env == 8 || (j_env == 16 && c.NB == 1)) c.J = j_env;
   const int R = 32 * c.J;
-  const int blocks_per_sm = c.J * c.NB >= 16 ? 2 : 3;
+  const int t_env = env_int("SPARSELAYER_SPMM_T");
+  c.threads = t_env == 512 ? 2 * kThreads : t_env == 256 ? kThreads : default_threads(c);
+  if (c.db || !has_wide(c.J, c.NB)) c.threads = kThreads;
+  const int blocks_per_sm = c.J * c.NB >= 16 || c.threads > kThreads ? 2 : 3;
   // Shared memory per block that keeps blocks_per_sm blocks on an SM (228 KB per SM, 1 KB reserved each).
   const int budget = std::min((228 / blocks_per_sm - 1) * 1024, max_smem_optin(device));
   if (!c.db) {

@@ -232,15 +232,26 @@ def test_sparse_mlp_step_matches_cpu():
         torch.testing.assert_close(p_gpu.detach().cpu(), p_cpu.detach(), rtol=1e-5, atol=1e-6, msg=f"{name}, seed {seed}")
 
 
-# Both fp32 spmm kernels (single-buffered and the double-buffered cp.async one), whatever the default picks.
-KERNEL_VARIANTS = {"single-buffered": "2", "double-buffered": "1"}
+# Every fp32 spmm kernel (single-buffered with 256 or 512 threads, double-buffered cp.async), whatever the default
+# picks: the launchers' tuning overrides (benchmarks/tune.py) force each one.
+KERNEL_VARIANTS = {
+    "single-buffered": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
+    "single-buffered-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
+                                    "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "16"},
+    "double-buffered": {"SPARSELAYER_SPMM_DB": "1"},
+}
+
+
+def _force(monkeypatch, variant):
+    for name, value in KERNEL_VARIANTS[variant].items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
-    monkeypatch.setenv("SPARSELAYER_SPMM_DB", KERNEL_VARIANTS[variant])
+    _force(monkeypatch, variant)
     seed = _seed()
     m, x, grad_y, w64 = _case(shape, torch.float32, layout, seed)
     _poison(shape[4] * shape[0], torch.float32)
@@ -255,7 +266,7 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
 @pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
 def test_concentrated_nonzeros_variants(variant, monkeypatch):
     """The unstaged path (a panel with more nonzeros than staged) of both kernels."""
-    monkeypatch.setenv("SPARSELAYER_SPMM_DB", KERNEL_VARIANTS[variant])
+    _force(monkeypatch, variant)
     test_concentrated_nonzeros()
 
 
