@@ -22,11 +22,12 @@ from kernels import bench, random_csr  # noqa: E402
 from sparselayer import _cuda, ops  # noqa: E402
 from sparselayer.csr import transpose_index  # noqa: E402
 
-CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99)]
+CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99),
+         (4096, 4096, 4096, 0.97), (4096, 4096, 4096, 0.9)]
 SPMM = [  # DB, NB, J, P, T (None: the launcher's default)
     (None, None, None, None, None), (2, None, None, None, 256), (1, None, None, None, None),
-    (2, 1, 16, None, 512), (2, 1, 16, 256, 512), (2, 1, 8, None, 512), (2, 1, 8, None, 256),
-    (1, 1, 16, 256, None), (1, 2, 8, 128, None),
+    (2, 1, 16, None, 512), (2, 1, 16, 256, 512), (2, 1, 8, None, 512), (2, 1, 8, 512, 512), (2, 1, 8, 128, 512),
+    (2, 1, 8, None, 256), (1, 2, 8, 128, None),
 ]
 SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P",
              "SPARSELAYER_SPMM_T")
