@@ -427,18 +427,22 @@ int staged_cap(int R, int P, double density, int budget, int fixed) {
 // Row blocks shrink further until every SM gets two blocks. The double-buffered kernel (two stages) keeps
 // two blocks per SM with narrower panels (64 columns at 90%). Nonzeros past `cap` (the staged share of a panel) are read from
 // global memory instead: an unlucky panel is slower, never wrong.
+// v7 (benchmarks/results/history/tune-v7*.log): on large products (nnz x batch >= 2e9) from 2% density, the
+// 512-thread single-buffered kernel with one batch tile per block beats both NB = 2 and the double-buffered kernel:
+// 512-row blocks below 5% density (16384^2 b1024 97%: 3.33 -> 3.15 ms; 4096^2 b4096: 0.91 -> 0.88), 256-row
+// blocks above (90%: 8.61 -> 7.80 and 2.15 -> 2.04).
 PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t nnz, int device) {
   PanelConfig c{};
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_cols);
+  const bool large = static_cast<double>(nnz) * batch >= kDbMinWork;
+  const bool wide_dense = large && density >= 0.02;
   const int nb_env = env_int("SPARSELAYER_SPMM_NB");  // tuning overrides, see benchmarks/tune.py
-  c.NB = nb_env == 1 || nb_env == 2 ? nb_env : (density >= 0.02 && batch > kBt ? 2 : 1);
+  c.NB = nb_env == 1 || nb_env == 2 ? nb_env : (density >= 0.02 && batch > kBt && !wide_dense ? 2 : 1);
   const int db_env = env_int("SPARSELAYER_SPMM_DB");  // 1: double-buffered kernel, 2: single-buffered
-  c.db = db_env == 1 ? true
-         : db_env == 2 ? false
-                       : density >= kDbMinDensity && static_cast<double>(nnz) * batch >= kDbMinWork;
+  c.db = db_env == 1 ? true : db_env == 2 ? false : density >= kDbMinDensity && large && !wide_dense;
   const int64_t batch_tiles = (batch + kBt * c.NB - 1) / (kBt * c.NB);
   const int64_t want = 2 * static_cast<int64_t>(num_sms(device));
-  c.J = 16 / c.NB;
+  c.J = wide_dense && c.NB == 1 && density >= kDbMinDensity ? 8 : 16 / c.NB;
   while (c.J > 1 && ((n_out + 32 * c.J - 1) / (32 * c.J)) * batch_tiles < want) c.J /= 2;
   const int j_env = env_int("SPARSELAYER_SPMM_J"), p_env = env_int("SPARSELAYER_SPMM_P");
   if (j_env == 1 || j_env == 2 || j_env == 4 || j_env == 8 || (j_env == 16 && c.NB == 1)) c.J = j_env;

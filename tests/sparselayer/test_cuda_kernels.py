@@ -238,6 +238,8 @@ KERNEL_VARIANTS = {
     "single-buffered": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
     "single-buffered-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
                                     "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "16"},
+    "single-buffered-512-threads-256-rows": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
+                                             "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "8"},
     "double-buffered": {"SPARSELAYER_SPMM_DB": "1"},
 }
 
