@@ -5,7 +5,7 @@
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
-block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_NO_CACHE=1 (rebuild
+block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
 """
 
@@ -31,7 +31,7 @@ SPMM = [  # DB, NB, J, P, T (None: the launcher's default)
 ]
 SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P",
              "SPARSELAYER_SPMM_T")
-SLOTS = [16, 8]
+SDDMM = [(16, None), (8, None), (8, 512)]  # slots per thread, threads per block
 
 
 def setenv(name, value):
@@ -70,11 +70,13 @@ def main():
         for name in SPMM_VARS:
             setenv(name, None)
         ref_sd = ops.sddmm(crow, col, dy, x)
-        for slots in SLOTS:
+        for slots, threads in SDDMM:
             setenv("SPARSELAYER_SDDMM_SLOTS", slots)
+            setenv("SPARSELAYER_SDDMM_T", threads)
             assert torch.allclose(ops.sddmm(crow, col, dy, x), ref_sd, rtol=1e-4, atol=1e-3), slots
-            line.append(f"sddmm S{slots} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
+            line.append(f"sddmm S{slots}/T{threads} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
         setenv("SPARSELAYER_SDDMM_SLOTS", None)
+        setenv("SPARSELAYER_SDDMM_T", None)
         print(" | ".join(line), flush=True)
 
 

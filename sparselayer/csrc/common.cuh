@@ -121,24 +121,24 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
 
 // Stage m[b0 : b0+32, c0 : c0+W] into the plain tile ts [W][32] (column c at ts + 32 c). Consecutive lanes
 // take consecutive batch rows, so the transposing stores hit 32 distinct banks. W % 4 == 0.
-template <int U>
+template <int U, int T = kThreads>
 __device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const float* __restrict__ m,
                                                 int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
                                                 int b0, int c0, int W) {
   if (vec) {
     const int n4 = kBt * (W / 4);
-    for (int i0 = threadIdx.x; i0 < n4; i0 += U * kThreads) {
+    for (int i0 = threadIdx.x; i0 < n4; i0 += U * T) {
       float4 v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + 4 * (i >> 5);
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
         if (i < n4 && gb < nrows && gc < ncols) v[u] = __ldg(reinterpret_cast<const float4*>(m + gb * sb + gc));
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         if (i < n4) {
           float* dst = ts + 4 * (i >> 5) * kBt + (i & (kBt - 1));
           dst[0] = v[u].x;
@@ -150,17 +150,17 @@ __device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const fl
     }
   } else {
     const int n = kBt * W;
-    for (int i0 = threadIdx.x; i0 < n; i0 += U * kThreads) {
+    for (int i0 = threadIdx.x; i0 < n; i0 += U * T) {
       float v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
         v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * T;
         if (i < n) ts[i] = v[u];  // ts[c * 32 + b] with c = i >> 5, b = i & 31
       }
     }

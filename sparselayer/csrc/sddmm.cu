@@ -25,14 +25,15 @@ namespace {
 
 constexpr int kMaxTile = 1024;  // R, P <= kMaxTile (R fits 16 bits in the packed slot)
 
-template <int kSlotsPerThread>
-__global__ void __launch_bounds__(kThreads, kSlotsPerThread <= 8 ? 2 : 1)
+// T threads per block: 512 threads with 8 slots each hold the same 4096 slots as 256 with 16, at twice the warps.
+template <int kSlotsPerThread, int T>
+__global__ void __launch_bounds__(T, kSlotsPerThread <= 8 && T == kThreads ? 2 : 1)
 sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ col,
                   const float* __restrict__ dy, int64_t sdb, int64_t sdc, bool dvec,
                   const float* __restrict__ x, int64_t sxb, int64_t sxc, bool xvec,
                   int batch, int n_out, int n_in, int R, int P, int rows_per_split, int64_t nnz,
                   float* __restrict__ out) {
-  constexpr int kSlots = kThreads * kSlotsPerThread;
+  constexpr int kSlots = T * kSlotsPerThread;
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);                 // [P][32]
   float* ds = xs + P * kBt;                                    // [R][32]
@@ -40,7 +41,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   int* slot_rc = slot_k + kSlots;                              // [kSlots] (column << 16) | row, tile-local
   int* start = slot_rc + kSlots;                               // [R] segment start of each row
   int* off = start + R;                                        // [R + 1] exclusive scan of segment lengths
-  int* warp_sum = off + R + 1;                                 // [kThreads / 32]
+  int* warp_sum = off + R + 1;                                 // [T / 32]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int o0 = blockIdx.x * R, p = blockIdx.y, c0 = p * P;
@@ -50,7 +51,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   out += blockIdx.z * nnz;
 
   // Segments of the tile's rows in this panel, and their exclusive scan (<= 4 rows per thread).
-  const int per = (R + kThreads - 1) / kThreads;
+  const int per = (R + T - 1) / T;
   int len[4];
   int total = 0;
 #pragma unroll
@@ -79,7 +80,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   __syncthreads();
   if (tid == 0) {
     int run = 0;
-    for (int w = 0; w < kThreads / 32; ++w) {
+    for (int w = 0; w < T / 32; ++w) {
       const int t = warp_sum[w];
       warp_sum[w] = run;
       run += t;
@@ -102,7 +103,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   const int S = off[R];
 
   for (int base = 0; base < S; base += kSlots) {
-    for (int q = tid; q < kSlots; q += kThreads) {
+    for (int q = tid; q < kSlots; q += T) {
       const int s = base + q;
       if (s < S) {
         int lo = 0, hi = R - 1;  // the row r with off[r] <= s < off[r + 1]
@@ -121,12 +122,12 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
     __syncthreads();
 
     for (int b0 = b_begin; b0 < b_end; b0 += kBt) {
-      load_tile_plain<8>(xs, x, sxb, sxc, xvec, b_end, n_in, b0, c0, P);
-      load_tile_plain<8>(ds, dy, sdb, sdc, dvec, b_end, n_out, b0, o0, R);
+      load_tile_plain<8, T>(xs, x, sxb, sxc, xvec, b_end, n_in, b0, c0, P);
+      load_tile_plain<8, T>(ds, dy, sdb, sdc, dvec, b_end, n_out, b0, o0, R);
       __syncthreads();
 #pragma unroll
       for (int m = 0; m < kSlotsPerThread; ++m) {
-        const int q = m * kThreads + tid;
+        const int q = m * T + tid;
         if (base + q < S) {
           const int rc = slot_rc[q];
           const float4* xc = reinterpret_cast<const float4*>(xs + (rc >> 16) * kBt);
@@ -149,7 +150,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
 
 #pragma unroll
     for (int m = 0; m < kSlotsPerThread; ++m) {
-      const int q = m * kThreads + tid;
+      const int q = m * T + tid;
       if (base + q < S) out[slot_k[q]] = acc[m];
     }
     __syncthreads();  // the slot arrays are rewritten by the next pass
@@ -187,12 +188,12 @@ __global__ void sddmm_simple_kernel(const int64_t* __restrict__ crow, const int6
 int round32(double v) { return std::max(32, static_cast<int>(v / 32.0) * 32); }
 
 // Sizes the tile for S slots per thread, launches the tile kernel; target receives the per-split sums.
-template <int S>
+template <int S, int T>
 void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
                   const at::Tensor& out, int64_t nnz, int device, cudaStream_t stream, int64_t& splits_out,
                   at::Tensor& target) {
   // Tile of about 3/4 kSlots nonzeros on average; square where the matrix allows.
-  constexpr int kSlots = kThreads * S;
+  constexpr int kSlots = T * S;
   const double density = static_cast<double>(nnz) / (static_cast<double>(crow.numel() - 1) * x.size(1));
   const double area = 0.75 * kSlots / density;
   const int rows32 = static_cast<int>(std::min<int64_t>((crow.numel() - 1 + 31) / 32 * 32, kMaxTile));
@@ -200,7 +201,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   int R = std::min(rows32, round32(std::sqrt(area)));
   int P = std::min(cols32, round32(area / R));
   R = std::min(rows32, round32(area / P));  // grow R again if P was capped by n_in
-  const int fixed = 2 * kSlots * 4 + 8 * kThreads / 32 + 16;
+  const int fixed = 2 * kSlots * 4 + 8 * T / 32 + 16;
   auto smem_of = [&](int r, int p) { return (r + p) * kBt * 4 + 8 * r + 4 + fixed; };
   const int limit = max_smem_optin(device);
   while (smem_of(R, P) > limit) {
@@ -212,7 +213,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const at::Tensor pp = cached_layout("sddmm_pp", {crow, col}, {n_out, n_in, P, 0}, [&]() {
     return std::vector<at::Tensor>{panel_pointers(crow, col, n_out, n_in, P)};
   })[0];
-  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S>), device);
+  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S, T>), device);
   const int64_t tiles_r = (n_out + R - 1) / R, tiles_c = (n_in + P - 1) / P;
   TORCH_CHECK(tiles_c <= 65535, "sparselayer: too many column panels");
   // Small matrices with a long batch: split the batch so that every SM gets work, and sum the splits after.
@@ -224,7 +225,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   target = splits > 1 ? at::empty({splits, nnz}, x.options()) : out;
   splits_out = splits;
   const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(tiles_c), static_cast<unsigned>(splits));
-  sddmm_tile_kernel<S><<<grid, kThreads, smem, stream>>>(
+  sddmm_tile_kernel<S, T><<<grid, T, smem, stream>>>(
       pp.data_ptr<int32_t>(), col.data_ptr<int64_t>(), grad_y.data_ptr<float>(), grad_y.stride(0), grad_y.stride(1),
       can_vectorise(grad_y), x.data_ptr<float>(), x.stride(0), x.stride(1), can_vectorise(x),
       static_cast<int>(batch), static_cast<int>(n_out), static_cast<int>(n_in), R, P,
@@ -268,9 +269,12 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
 
   int64_t splits_out = 1;
   at::Tensor target;
-  const int slots_per_thread = env_int("SPARSELAYER_SDDMM_SLOTS") == 8 ? 8 : 16;  // tuning override
-  if (slots_per_thread == 8) launch_tiles<8>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-  else launch_tiles<16>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+  // Tuning overrides (benchmarks/tune.py): slots per thread 8 or 16, threads per block 256 or 512 (8 slots).
+  const int slots_per_thread = env_int("SPARSELAYER_SDDMM_SLOTS") == 8 ? 8 : 16;
+  const bool wide = env_int("SPARSELAYER_SDDMM_T") == 512;
+  if (wide) launch_tiles<8, 2 * kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+  else if (slots_per_thread == 8) launch_tiles<8, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+  else launch_tiles<16, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   const int64_t splits = splits_out;
   if (splits > 1) {
     sum_splits_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, stream>>>(

@@ -265,6 +265,26 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
+# Every fp32 sddmm kernel: 16 slots per thread (the default), 8, and 512 threads with 8 slots each.
+SDDMM_VARIANTS = {"16-slots": {}, "8-slots": {"SPARSELAYER_SDDMM_SLOTS": "8"}, "512-threads": {"SPARSELAYER_SDDMM_T": "512"}}
+
+
+@pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_sddmm_kernel_variants(shape, layout, variant, monkeypatch):
+    for name, value in SDDMM_VARIANTS[variant].items():
+        monkeypatch.setenv(name, value)
+    test_sddmm(torch.float32, shape, layout)
+
+
+@pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))
+def test_concentrated_nonzeros_sddmm_variants(variant, monkeypatch):
+    for name, value in SDDMM_VARIANTS[variant].items():
+        monkeypatch.setenv(name, value)
+    test_concentrated_nonzeros()
+
+
 @pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
 def test_concentrated_nonzeros_variants(variant, monkeypatch):
     """The unstaged path (a panel with more nonzeros than staged) of both kernels."""
