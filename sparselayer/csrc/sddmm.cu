@@ -269,9 +269,14 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
 
   int64_t splits_out = 1;
   at::Tensor target;
-  // Tuning overrides (benchmarks/tune.py): slots per thread 8 or 16, threads per block 256 or 512 (8 slots).
+  // Below 5% density 512 threads with 8 slots each (same tile, twice the warps), measured on an H100
+  // (benchmarks/results/history/tune-v7c.log): 16384^2 b1024 2.54 -> 2.44 ms at 99%, 5.39 -> 4.90 at 97%; slower
+  // at 90% (11.5 -> 13.7). Tuning overrides (benchmarks/tune.py): SPARSELAYER_SDDMM_SLOTS 8 or 16 (256 threads),
+  // SPARSELAYER_SDDMM_T 256 or 512.
+  const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
   const int slots_per_thread = env_int("SPARSELAYER_SDDMM_SLOTS") == 8 ? 8 : 16;
-  const bool wide = env_int("SPARSELAYER_SDDMM_T") == 512;
+  const int t_env = env_int("SPARSELAYER_SDDMM_T");
+  const bool wide = t_env == 512 || (t_env != 256 && env_int("SPARSELAYER_SDDMM_SLOTS") == 0 && density < 0.05);
   if (wide) launch_tiles<8, 2 * kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   else if (slots_per_thread == 8) launch_tiles<8, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   else launch_tiles<16, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);

@@ -265,8 +265,9 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
-# Every fp32 sddmm kernel: 16 slots per thread (the default), 8, and 512 threads with 8 slots each.
-SDDMM_VARIANTS = {"16-slots": {}, "8-slots": {"SPARSELAYER_SDDMM_SLOTS": "8"}, "512-threads": {"SPARSELAYER_SDDMM_T": "512"}}
+# Every fp32 sddmm kernel, whatever the default picks: 256 threads with 16 or 8 slots each, 512 threads with 8.
+SDDMM_VARIANTS = {"16-slots": {"SPARSELAYER_SDDMM_T": "256"}, "8-slots": {"SPARSELAYER_SDDMM_SLOTS": "8"},
+                  "512-threads": {"SPARSELAYER_SDDMM_T": "512"}}
 
 
 @pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))
