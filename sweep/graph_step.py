@@ -52,6 +52,16 @@ def active_gpu_trainings() -> int:
     return _active_runs
 
 
+def train_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One eager training iteration on the batch (x, y); returns its loss, detached."""
+    loss = loss_fn(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 class GraphedTrainStep:
     """`step(x, y)` trains on one batch and returns its loss; use it inside `with step.on_stream():`."""
 
@@ -87,36 +97,30 @@ class GraphedTrainStep:
             caller.wait_stream(self.stream)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._graph is not None and x.shape == self._x.shape and y.shape == self._y.shape:
-            self._x.copy_(x)
-            self._y.copy_(y)
-            self._graph.replay()
-            self.replays += 1
-            return self._loss
-        if self._graph is not None or self._eager_since_reset < self.warmup:
-            if self._graph is None:
-                self._eager_since_reset += 1
-            return self._eager(x, y)
+        if self._graph is not None:
+            if x.shape != self._x.shape or y.shape != self._y.shape:
+                return train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            return self._replay(x, y)
+        if self._eager_since_reset < self.warmup:
+            self._eager_since_reset += 1
+            return train_step(self.model, self.loss_fn, self.optimizer, x, y)
         with _LOCK:
-            alone = _active_runs <= 1
-            if alone:
+            if _active_runs <= 1:
                 self._capture(x, y)
-        if not alone:
+        if self._graph is None:
             self.skipped_captures += 1
-            return self._eager(x, y)
+            return train_step(self.model, self.loss_fn, self.optimizer, x, y)
+        return self._replay(x, y)
+
+    def _replay(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._x.copy_(x)
+        self._y.copy_(y)
         self._graph.replay()
         self.replays += 1
         return self._loss
 
-    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.loss_fn(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._x, self._y = x.clone(), y.clone()  # the graph's input buffers, refilled before each replay
+        self._x, self._y = x.clone(), y.clone()  # the graph's input buffers, filled before each replay
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
         graph = torch.cuda.CUDAGraph()
         # thread_local: trials that share a process (threads of a Dask worker) keep using the GPU meanwhile.

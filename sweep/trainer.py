@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
-from .graph_step import GraphedTrainStep, gpu_training
+from .graph_step import GraphedTrainStep, gpu_training, train_step
 from .metrics import device_name, model_size
 from .timing import DeviceTimer, median_ms, synchronize
 from .train_config import DEFAULTS, ConfigError, TrainConfig
@@ -190,14 +190,8 @@ def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progre
             for b in range(n_batches):
                 index = order[b * batch:(b + 1) * batch]
                 x, y = data.x_train[index], data.y_train[index]  # (batch, n_in), (batch,)
-                if step is not None:
-                    loss = step(x, y)
-                else:
-                    loss = loss_fn(model(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                loss_total += loss.detach() * _per_sample_scale(cfg, x.shape[0], data.n_classes)
+                loss = step(x, y) if step is not None else train_step(model, loss_fn, optimizer, x, y)
+                loss_total += loss * _per_sample_scale(cfg, x.shape[0], data.n_classes)
             # Free the last batch's autograd graph before evolving: a live graph keeps the old-shape gradient
             # accumulator of each `values` Parameter, which the evolver may resize (nnz can change).
             del loss, x, y

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..data import DataError
 from ..reproduce.common import EPOCHS
+from ..thesis import HIDDEN
 from ..train_config import ConfigError
 from ._base import Command, UsageError, positive_int
 
@@ -47,8 +48,8 @@ class ReproduceCommand(Command):
                                     "per-iteration times then include contention")
             if name != "table3":
                 p.add_argument("--hidden", type=positive_int, nargs="+", default=None, metavar="WIDTH",
-                               help="hidden layer widths (default: the thesis's 256 256 256; the mixed HIGGS row "
-                                    "needs exactly three)")
+                               help=f"hidden layer widths (default: {' '.join(map(str, HIDDEN))}; the mixed HIGGS "
+                                    "row needs exactly three)")
             if name == "table4":
                 p.add_argument("--datasets", nargs="+", choices=TABLE4_DATASETS, default=list(TABLE4_DATASETS))
                 p.add_argument("--higgs", choices=("auto", "full", "samples", "skip"), default="auto",

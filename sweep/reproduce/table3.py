@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import thesis
-from ..graph_step import GraphedTrainStep
+from ..graph_step import GraphedTrainStep, train_step
 from ..timing import DeviceTimer, synchronize
 from . import common
 from .torch_sparse import TorchSparseMLP
@@ -50,11 +50,8 @@ def _model(sizes: list[int], sparsity: float | None, device: torch.device, seed:
                                  generator=gen).to(device)
 
 
-def _sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> None:
-    loss = F.mse_loss(model(x), target, reduction="sum")  # the thesis's loss and lr reading
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def _summed_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output, target, reduction="sum")  # the thesis's loss and lr reading
 
 
 def _time_inference(row: dict[str, Any], model: torch.nn.Module, x: torch.Tensor, timing: dict[str, Any]) -> None:
@@ -75,9 +72,9 @@ def _time_training(row: dict[str, Any], model: torch.nn.Module, x: torch.Tensor,
         baseline = TorchSparseMLP(model, lr=lr)  # copies the weights before ours trains them
         _measure(row, "torch_sparse_training_ms", lambda: baseline.train_step(x, target), timing)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    row["training_ms"] = _time_ms(lambda: _sgd_step(model, optimizer, x, target), **timing)
+    row["training_ms"] = _time_ms(lambda: train_step(model, _summed_mse, optimizer, x, target), **timing)
     if x.device.type == "cuda":  # the same iteration replayed from a CUDA graph, as `sweep train` runs it
-        step = GraphedTrainStep(model, lambda out, t: F.mse_loss(out, t, reduction="sum"), optimizer, x.device)
+        step = GraphedTrainStep(model, _summed_mse, optimizer, x.device)
         with step.on_stream():
             row["graph_training_ms"] = _time_ms(lambda: step(x, target), **timing)
 

@@ -62,7 +62,7 @@ def run_table4(*, data_dir: str | None = None, device: str = "auto", epochs: int
     mixed = thesis.SPARSITY_OF_ROW["95-99-99-90%"]
     if "higgs" in datasets and higgs != "skip" and len(hidden) + 1 != len(mixed):
         raise ConfigError(f"the HIGGS row 95-99-99-90% sets {len(mixed)} weight layers, so it needs "
-                          f"{len(mixed) - 1} hidden widths, not {len(hidden)} ({hidden}); give three widths to "
+                          f"{len(mixed) - 1} hidden widths, not {len(hidden)} ({hidden}); give {len(mixed) - 1} widths to "
                           f"--hidden, or leave HIGGS out (--datasets mnist fashion-mnist, or --higgs skip)")
     torch_device = common.pick_device(device)
     clock = common.Stopwatch()
