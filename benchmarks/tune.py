@@ -5,7 +5,9 @@
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
-block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_NO_CACHE=1 (rebuild
+block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512),
+SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_SDDMM_FM
+(1/2: tiles from feature-major copies or not), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
 """
 
@@ -24,14 +26,17 @@ from sparselayer.csr import transpose_index  # noqa: E402
 
 CASES = [(16384, 16384, 1024, 0.99), (16384, 16384, 1024, 0.97), (16384, 16384, 1024, 0.9), (4096, 4096, 4096, 0.99),
          (4096, 4096, 4096, 0.97), (4096, 4096, 4096, 0.9)]
-SPMM = [  # DB, NB, J, P, T (None: the launcher's default)
-    (None, None, None, None, None), (2, None, None, None, 256), (1, None, None, None, None),
-    (2, 1, 16, None, 512), (2, 1, 16, 256, 512), (2, 1, 8, None, 512), (2, 1, 8, 512, 512), (2, 1, 8, 128, 512),
-    (2, 1, 8, None, 256), (1, 2, 8, 128, None),
+SPMM = [  # DB, NB, J, P, T, FM (None: the launcher's default)
+    (None, None, None, None, None, None), (None, None, None, None, None, 1), (None, None, None, None, None, 2),
+    (2, None, None, None, 256, None),
+    (1, None, None, None, None, None), (2, 1, 16, None, 512, None), (2, 1, 16, 256, 512, None),
+    (2, 1, 8, None, 512, None), (2, 1, 8, 512, 512, None), (2, 1, 8, 256, 512, None), (2, 1, 8, None, 256, None),
+    (2, 2, 8, None, 256, None), (2, 2, 4, None, 256, None), (2, 1, 4, None, 512, None),
 ]
 SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P",
-             "SPARSELAYER_SPMM_T")
-SDDMM = [(16, None), (8, None), (8, 512)]  # slots per thread, threads per block
+             "SPARSELAYER_SPMM_T", "SPARSELAYER_SPMM_FM")
+SDDMM = [(None, None, None), (None, None, 1), (None, None, 2), (16, 256, 1), (8, 512, 1), (8, 512, 2)]
+# slots per thread, threads per block, FM (1: tiles from feature-major copies, 2: from the operands' own layouts)
 
 
 def setenv(name, value):
@@ -55,6 +60,7 @@ def main():
             torch.cuda.synchronize()
             return
         ccol, row, perm = transpose_index(crow, col, n_in)
+        xb = x.bfloat16()
         ref = ops.spmm(crow, col, values, x, n_out)
         line = [f"{n_in}x{n_out} b{batch} {sp}:"]
         for config in SPMM:
@@ -62,21 +68,23 @@ def main():
                 setenv(name, v)
             y = ops.spmm(crow, col, values, x, n_out)
             assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4), config
-            db, nb, j, p, t = config
-            line.append(f"spmm DB{db}/NB{nb}/J{j}/P{p}/T{t} "
+            db, nb, j, p, t, fm = config
+            line.append(f"spmm DB{db}/NB{nb}/J{j}/P{p}/T{t}/FM{fm} "
                         f"{bench(lambda: ops.spmm(crow, col, values, x, n_out)):.3f}")
-            if config[1:4] == (None, None, None):
+            if config[1:5] == (None, None, None, None):
                 line.append(f"spmm_t {bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in)):.3f}")
+                line.append(f"bf16 spmm {bench(lambda: ops.spmm(crow, col, values, xb, n_out)):.3f}")
         for name in SPMM_VARS:
             setenv(name, None)
         ref_sd = ops.sddmm(crow, col, dy, x)
-        for slots, threads in SDDMM:
+        for slots, threads, fm in SDDMM:
             setenv("SPARSELAYER_SDDMM_SLOTS", slots)
             setenv("SPARSELAYER_SDDMM_T", threads)
+            setenv("SPARSELAYER_SDDMM_FM", fm)
             assert torch.allclose(ops.sddmm(crow, col, dy, x), ref_sd, rtol=1e-4, atol=1e-3), slots
-            line.append(f"sddmm S{slots}/T{threads} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
-        setenv("SPARSELAYER_SDDMM_SLOTS", None)
-        setenv("SPARSELAYER_SDDMM_T", None)
+            line.append(f"sddmm S{slots}/T{threads}/FM{fm} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
+        for name in ("SPARSELAYER_SDDMM_SLOTS", "SPARSELAYER_SDDMM_T", "SPARSELAYER_SDDMM_FM"):
+            setenv(name, None)
         print(" | ".join(line), flush=True)
 
 

@@ -30,7 +30,7 @@ echo "build+load $(( $(date +%s) - start )) s"
 if [ "$mode" != bench ]; then
   echo "== GPU tests"
   python3 -m pytest -q -p no:cacheprovider -o addopts="" --timeout 300 \
-    tests/sparselayer/test_cuda_kernels.py tests/sparselayer/test_cuda_build.py tests/sparselayer/test_cuda_threads.py tests/sparselayer/test_ops.py \
+    tests/sparselayer \
     2>&1 | tee "$out/tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi

@@ -12,6 +12,12 @@ The transposed index (CSC of W, i.e. CSR of W^T), rebuilt only when the topology
   ccol    int64 (n_in + 1,)   column pointers
   row     int64 (nnz,)        row index of each nonzero in CSC order, sorted within a column
   perm    int64 (nnz,)        position in `values` of each nonzero in CSC order
+
+Dtypes. `values` (the master weights) are float32 or float64. The activations (x, grad_y) have the values'
+dtype, or are bfloat16 with float32 values ("bf16-activation mode", what autocast to bfloat16 gives a dense
+nn.Linear): products are accumulated in float32 and spmm / spmm_t round their result to bfloat16 once, while
+sddmm, the gradient of the float32 values, returns float32. The Python wrappers in `ops.py` reject every other
+mixture (float16 anywhere included) before a kernel runs.
 """
 
 import torch
@@ -29,3 +35,8 @@ LIBRARY.define(
 # grad_values[j] = sum_b grad_y[b, row_of(j)] * x[b, col[j]]: the dense product grad_y^T @ x sampled
 # at W's nonzeros only.  grad_y: (batch, n_out), x: (batch, n_in) -> (nnz,)
 LIBRARY.define("sddmm(Tensor crow, Tensor col, Tensor grad_y, Tensor x) -> Tensor")
+
+
+def sddmm_dtype(activation: torch.dtype) -> torch.dtype:
+    """sddmm's result dtype for grad_y and x of `activation`: the values' dtype, float32 in bf16-activation mode."""
+    return torch.float32 if activation == torch.bfloat16 else activation

@@ -27,7 +27,8 @@ backpropagated cost grad_y = dLoss/d(pre-activation) (batch, n_out):
    The `values` Parameter stays the same object (its .data is swapped) and its .grad is cleared.
 
 The evolver captures x and grad_y with hooks on every SparseLinear (the last training batch that ran
-forward and backward in train mode with grad enabled); `observe` records them by hand instead.
+forward and backward in train mode with grad enabled); `observe` records them by hand instead. In
+bf16-activation mode (see `sparselayer.layer`) they may be bfloat16; growth computes in the values' dtype.
 """
 
 from __future__ import annotations
@@ -224,7 +225,9 @@ class TopologyEvolver:
             new_values = values.new_zeros(0)
         elif self.growth == "gradient":
             k = min(self.k or math.ceil(math.sqrt(n_grow)), n_out)
-            new_rows, new_cols, new_values = _gradient_growth(state.x, state.grad_y, rows, col, n_grow, k, lr)
+            new_rows, new_cols, new_values = _gradient_growth(
+                state.x, state.grad_y, rows, col, n_grow, k, lr, values.dtype
+            )
         else:
             new_rows, new_cols = _random_growth(rows, col, n_out, n_in, n_grow, self.generator)
             new_values = values.new_zeros(new_rows.numel())
@@ -263,12 +266,16 @@ class TopologyEvolver:
         raise ValueError("that layer is not one this evolver evolves")
 
 
-def _gradient_growth(x, grad_y, rows, col, n_grow: int, k: int, lr: float):
-    """The n_grow largest |dLoss/dW| non-connections among the k highest-cost neurons, w = -lr * grad."""
+def _gradient_growth(x, grad_y, rows, col, n_grow: int, k: int, lr: float, dtype: torch.dtype):
+    """The n_grow largest |dLoss/dW| non-connections among the k highest-cost neurons, w = -lr * grad.
+
+    x and grad_y may be bfloat16 (bf16-activation mode; under autocast x is the layer's float32 input): the
+    cost and the gradient rows are computed in the values' `dtype`, which the new weights must have."""
     n_out, n_in = grad_y.shape[1], x.shape[1]
-    cost = grad_y.abs().sum(0)  # (n_out,)
+    cost = grad_y.abs().sum(0, dtype=dtype)  # (n_out,), a bf16 sum would tie neurons that differ
     top = torch.topk(cost, k).indices  # (k,)
-    grad = grad_y[:, top].T @ x  # (k, n_in): only these k rows of the dense gradient
+    with torch.autocast(x.device.type, enabled=False):  # an enclosing bf16 autocast would round the product
+        grad = grad_y[:, top].T.to(dtype) @ x.to(dtype)  # (k, n_in): only these k rows of the dense gradient
     slot = torch.full((n_out,), -1, dtype=torch.int64, device=rows.device)
     slot[top] = torch.arange(k, device=rows.device)
     s = slot[rows]  # (nnz,) which of the k rows each existing connection sits in, or -1

@@ -1,4 +1,10 @@
-"""SparseLinear: an nn.Linear whose weight exists only as CSR (row pointers, column indices, values)."""
+"""SparseLinear: an nn.Linear whose weight exists only as CSR (row pointers, column indices, values).
+
+Mixed precision: a float32 layer also takes bfloat16 inputs ("bf16-activation mode"): the weights stay
+float32, the output and the input's gradient are bfloat16, the weight gradients float32, and every product
+accumulates in float32. Under `torch.autocast(..., dtype=torch.bfloat16)` the layer casts float32 inputs to
+bfloat16 itself, as nn.Linear does.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,11 @@ class SparseLinear(nn.Module):
     (rebuilt by `set_topology`, not saved). No dense (out, in) tensor is created except by `to_dense`.
 
     Initialisation follows the thesis (3.2.1, see `sparselayer.init`); the bias starts at zero.
+
+    Mixed precision: a float32 layer given bfloat16 inputs, or float32 inputs under bfloat16 autocast for
+    their device, runs in bf16-activation mode (bfloat16 output, float32 weight gradients, float32
+    accumulation; see `sparselayer.ops`). There are no float16 kernels: under float16 autocast the layer runs
+    in float32 (float16 inputs are cast up, the output is float32). A float64 layer ignores autocast.
     """
 
     def __init__(
@@ -150,6 +161,7 @@ class SparseLinear(nn.Module):
                 f"SparseLinear expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}"
             )
         lead = x.shape[:-1]
+        x = _autocast_input(x, self.values.dtype)
         y = ops.linear(
             self.crow_indices,
             self.col_indices,
@@ -186,6 +198,23 @@ class SparseLinear(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")  # where the ops have kernels; torch.is_autocast_enabled raises for "meta"
+
+
+def _autocast_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x as autocast would hand it to a float32 op of a layer whose values are `dtype`."""
+    device = x.device.type
+    # A tuple test, not torch.amp.is_autocast_available: Dynamo (torch 2.11) cannot trace that one.
+    if dtype != torch.float32 or device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+        return x  # autocast leaves float64 alone, as it does for nn.Linear
+    fast = torch.get_autocast_dtype(device)
+    if fast == torch.bfloat16 and x.dtype == torch.float32:
+        return x.to(torch.bfloat16)  # bf16-activation mode, the analogue of nn.Linear's bf16 matmul
+    if fast == torch.float16 and x.dtype == torch.float16:
+        return x.to(torch.float32)  # no float16 kernels: run in float32, as autocast does for its fp32 ops
+    return x
 
 
 def _check_features(in_features, out_features) -> None:

@@ -22,6 +22,9 @@ class SparseMLP(nn.Module):
     sparsity: one float for every layer, a list with one entry per layer (len(sizes) - 1), or None; a layer
     whose sparsity is None or 0 is a dense nn.Linear (initialised with the thesis's plain Xavier sigma, the
     sparse formula at sparsity 0). Inputs (batch, ...) are flattened to (batch, sizes[0]).
+
+    Under `torch.autocast(device, dtype=torch.bfloat16)` every layer runs with bf16 activations (the dense ones
+    by autocast, the sparse ones in their bf16-activation mode) and float32 weights and gradients.
     """
 
     def __init__(

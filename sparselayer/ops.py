@@ -9,13 +9,17 @@ here is device independent:
   order are sparse products too.
 * `linear`: `spmm` plus bias that also takes W's transposed (CSC) index, so its backward uses the index
   the layer keeps instead of re-sorting it every step. `SparseLinear` calls this one.
+
+Mixed precision ("bf16-activation mode", the dtype contract in `_library.py`): float32 values (and bias)
+with bfloat16 activations give bfloat16 outputs and activation gradients, float32 weight (and bias)
+gradients, every product accumulated in float32.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _library  # noqa: F401  (defines the schemas)
+from ._library import sddmm_dtype  # importing _library defines the schemas
 from .csr import pointers, row_indices, transpose_index
 
 __all__ = ["spmm", "spmm_t", "sddmm", "linear"]
@@ -30,13 +34,43 @@ def _ensure_backend(a: torch.Tensor, b: torch.Tensor) -> None:
         _cuda.ensure_loaded()
 
 
-def _check_dense(name: str, t: torch.Tensor, dtype: torch.dtype, width: int | None, what: str) -> None:
+def _check_dense(name: str, t: torch.Tensor, width: int | None, what: str) -> None:
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, {what}), got shape {tuple(t.shape)}")
     if width is not None and t.shape[1] != width:
         raise ValueError(f"{name} has {t.shape[1]} columns but the weight has {width} {what}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name} is {t.dtype} but the weight values are {dtype}; cast one to match")
+
+
+_ALLOWED = "activations of the values' dtype (float32 or float64), or bfloat16 activations with float32 values"
+
+
+def _check_activation(name: str, t: torch.Tensor, values: torch.Tensor) -> None:
+    """The dtype contract of `_library.py`: values float32/float64; activations of their dtype, or bf16 with fp32."""
+    dtype = values.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the weight values are {dtype}; allowed: float32 or float64 values ({_ALLOWED}); "
+            "cast the values to float32 (and the activations to bfloat16 for mixed precision)"
+        )
+    if t.dtype == dtype or (t.dtype == torch.bfloat16 and dtype == torch.float32):
+        return
+    fix = f"cast {name} to {dtype}" + (
+        " or torch.bfloat16" if dtype == torch.float32 else ", or use bfloat16 activations with float32 values"
+    )
+    raise TypeError(f"{name} is {t.dtype} but the weight values are {dtype}; allowed: {_ALLOWED}; {fix}")
+
+
+def _check_sddmm_dtypes(grad_y: torch.Tensor, x: torch.Tensor) -> None:
+    if grad_y.dtype != x.dtype:
+        raise TypeError(
+            f"grad_y is {grad_y.dtype} but x is {x.dtype}; allowed: grad_y and x of one dtype (float32, float64, "
+            f"or bfloat16 for a float32 result); cast grad_y to {x.dtype}"
+        )
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise TypeError(
+            f"grad_y and x are {x.dtype}; allowed: float32, float64, or bfloat16 (float32 result); "
+            "cast both to float32 or torch.bfloat16"
+        )
 
 
 def _check_index(crow: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | None) -> None:
@@ -51,9 +85,12 @@ def _check_index(crow: torch.Tensor, idx: torch.Tensor, values: torch.Tensor | N
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
-    """y = x @ W^T for W = CSR(crow, col, values) of shape (n_out, x.shape[1]). x: (batch, n_in) -> (batch, n_out)."""
+    """y = x @ W^T for W = CSR(crow, col, values) of shape (n_out, x.shape[1]). x: (batch, n_in) -> (batch, n_out).
+
+    y has x's dtype: bfloat16 x with float32 values is accumulated in float32 and rounded once."""
     _check_index(crow, col, values)
-    _check_dense("x", x, values.dtype, None, "inputs")
+    _check_dense("x", x, None, "inputs")
+    _check_activation("x", x, values)
     if crow.shape[0] != n_out + 1:
         raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
     _ensure_backend(values, x)
@@ -63,9 +100,12 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.T
 def spmm_t(
     ccol: torch.Tensor, row: torch.Tensor, perm: torch.Tensor, values: torch.Tensor, grad_y: torch.Tensor, n_in: int
 ) -> torch.Tensor:
-    """grad_x = grad_y @ W through W's CSC index (ccol, row, perm). grad_y: (batch, n_out) -> (batch, n_in)."""
+    """grad_x = grad_y @ W through W's CSC index (ccol, row, perm). grad_y: (batch, n_out) -> (batch, n_in).
+
+    grad_x has grad_y's dtype (bfloat16 with float32 values: float32 accumulation, rounded once)."""
     _check_index(ccol, row, values)
-    _check_dense("grad_y", grad_y, values.dtype, None, "outputs")
+    _check_dense("grad_y", grad_y, None, "outputs")
+    _check_activation("grad_y", grad_y, values)
     if ccol.shape[0] != n_in + 1:
         raise ValueError(f"ccol has {ccol.shape[0]} entries but n_in = {n_in} needs {n_in + 1}")
     _ensure_backend(values, grad_y)
@@ -73,10 +113,14 @@ def spmm_t(
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """grad_values[j] = <grad_y[:, row_j], x[:, col_j]>: grad_y^T @ x at W's nonzeros only. -> (nnz,)."""
+    """grad_values[j] = <grad_y[:, row_j], x[:, col_j]>: grad_y^T @ x at W's nonzeros only. -> (nnz,).
+
+    grad_y and x share one dtype; the result has it, except bfloat16 inputs give float32 (the gradient of
+    float32 values, accumulated in float32)."""
     _check_index(crow, col, None)
-    _check_dense("grad_y", grad_y, x.dtype, crow.shape[0] - 1, "outputs")
-    _check_dense("x", x, grad_y.dtype, None, "inputs")
+    _check_dense("grad_y", grad_y, crow.shape[0] - 1, "outputs")
+    _check_dense("x", x, None, "inputs")
+    _check_sddmm_dtypes(grad_y, x)
     if grad_y.shape[0] != x.shape[0]:
         raise ValueError(f"grad_y has batch {grad_y.shape[0]} but x has batch {x.shape[0]}")
     _ensure_backend(grad_y, x)
@@ -102,7 +146,7 @@ def _spmm_t_fake(ccol, row, perm, values, grad_y, n_in):
 @torch.library.register_fake("sparselayer::sddmm")
 def _sddmm_fake(crow, col, grad_y, x):
     _ensure_backend_fake(x)
-    return x.new_empty((col.shape[0],))
+    return x.new_empty((col.shape[0],), dtype=sddmm_dtype(x.dtype))
 
 
 def _ensure_backend_fake(t: torch.Tensor) -> None:
@@ -116,6 +160,10 @@ def _ensure_backend_fake(t: torch.Tensor) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Autograd: every derivative is again one of the three sparse products.
+#
+# The dtype rules close over these formulas in bf16-activation mode, so nothing here casts: spmm's grad_x is
+# spmm_t(fp32 values, bf16 grad) -> bf16 and its grad_values sddmm(bf16, bf16) -> fp32; sddmm's fp32 cotangent
+# acts as fp32 values against bf16 activations, so its grad_grad_y and grad_x come out bf16.
 
 
 def _csr_from_csc(ccol, row, perm, n_out):
@@ -193,7 +241,20 @@ class _SparseLinearFunction(torch.autograd.Function):
     def forward(ctx, crow, col, ccol, row, perm, values, bias, x, n_out):
         ctx.save_for_backward(crow, col, ccol, row, perm, values, x)
         y = torch.ops.sparselayer.spmm.default(crow, col, values, x, n_out)  # (batch, n_out), fresh
-        return y if bias is None else y.add_(bias)
+        # In bf16-activation mode y is bf16 and the bias fp32: the in-place add computes each bf16 y + fp32
+        # bias in fp32 and rounds it once into y, so the bias is never rounded on its own (y.add_(bias.bfloat16())
+        # would be). On CUDA the cast happens inside the add kernel, with no full-size fp32 temporary (the CPU
+        # makes one; it is the test path). Adding the bias to spmm's fp32 accumulator would round once fewer,
+        # but the schema has no bias: the extra rounding is that of x @ W^T alone (half a bf16 ulp of it).
+        if bias is None:
+            return y
+        if torch.compiler.is_compiling():
+            # Out of place while tracing: under torch 2.11 a compiled graph gets all-zero gradients when this
+            # forward returns y mutated in place, or any alias (even a no-op .to); 2.13 is fine. The same
+            # arithmetic, and Inductor fuses the add with the cast, so no fp32 (batch, n_out) tensor is stored.
+            out = y + bias  # (batch, n_out), in the promoted dtype: fp32 in bf16-activation mode
+            return out if out.dtype == y.dtype else out.to(y.dtype)
+        return y.add_(bias)
 
     @staticmethod
     def backward(ctx, grad):  # grad: (batch, n_out)
@@ -204,7 +265,8 @@ class _SparseLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[5]:
             grad_values = torch.ops.sparselayer.sddmm.default(crow, col, grad, x)  # (nnz,)
         if ctx.needs_input_grad[6]:
-            grad_bias = grad.sum(0)  # (n_out,)
+            # bias has the values' dtype (checked in `linear`); a bf16 grad is summed in that dtype, not in bf16
+            grad_bias = grad.sum(0, dtype=values.dtype)  # (n_out,)
         return None, None, None, None, None, grad_values, grad_bias, grad_x, None
 
 
@@ -220,10 +282,11 @@ def linear(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x @ W^T (+ bias) like `spmm`, differentiable in values, x and bias; the backward uses W's CSC
-    index (ccol, row, perm) instead of rebuilding it."""
+    index (ccol, row, perm) instead of rebuilding it. bias has the values' dtype, also when x is bfloat16."""
     _check_index(crow, col, values)
     _check_index(ccol, row, values)
-    _check_dense("x", x, values.dtype, ccol.shape[0] - 1, "inputs")
+    _check_dense("x", x, ccol.shape[0] - 1, "inputs")
+    _check_activation("x", x, values)
     if crow.shape[0] != n_out + 1:
         raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
     if bias is not None and (bias.shape != (n_out,) or bias.dtype != values.dtype):

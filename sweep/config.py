@@ -36,7 +36,7 @@ SWEEPS_ENV = "SPARSESWEEP_SWEEPS"
 TRAINER_KEYS = (
     "dataset", "data_dir", "hidden", "sparsity", "loss", "loss_reduction", "optimizer", "lr", "batch_size",
     "epochs", "growth", "ttp", "tau", "tau_factor", "k", "evolve_every", "prune_dead", "regrow", "init", "seed",
-    "device", "cuda_graph",
+    "device", "cuda_graph", "precision",
 )
 # Scalar metrics the trainer returns; an objective must be one of them (for the trainer payload).
 TRAINER_METRICS = (

@@ -19,6 +19,10 @@ once. What keeps a replayed iteration equal to an eager one:
   `gpu_training()`, and a step captures only while its run is the only one in the process, holding the lock
   that registration takes: a run that starts meanwhile waits for the capture to end, and while several runs
   are active every step runs eagerly (graphs captured earlier keep replaying; a replay is an ordinary launch).
+- precision "bf16" runs the forward pass and the loss under bfloat16 autocast with its weight-cast cache off, as
+  torch asks of autocast around graph captures: a cast cached during a capture lives in the graph's private memory
+  pool and could be handed out after it. The cache would save nothing anyway: each iteration casts the weights
+  the optimizer just changed.
 """
 
 from __future__ import annotations
@@ -52,10 +56,33 @@ def active_gpu_trainings() -> int:
     return _active_runs
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_context(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """Where a forward pass runs: as is ("fp32"), or under bfloat16 autocast ("bf16": float32 weights and
+    gradients, bf16 activations; sparselayer's layers follow autocast). No cast cache: see the module docstring."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def forward_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """loss_fn(model(x), y) under `precision`; in bf16 the output is cast to float32 first, so the loss (often
+    a sum over the batch) is computed and returned in float32 whatever autocast's op lists say about it."""
+    with precision_context(x.device.type, precision):
+        out = model(x)  # (batch, n_classes)
+        return loss_fn(out if precision == "fp32" else out.float(), y)
+
+
 def train_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               precision: str = "fp32") -> torch.Tensor:
     """One eager training iteration on the batch (x, y); returns its loss, detached."""
-    loss = loss_fn(model(x), y)
+    loss = forward_loss(model, loss_fn, x, y, precision)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -66,12 +93,15 @@ class GraphedTrainStep:
     """`step(x, y)` trains on one batch and returns its loss; use it inside `with step.on_stream():`."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 optimizer: torch.optim.Optimizer, device: torch.device, warmup: int = 2) -> None:
+                 optimizer: torch.optim.Optimizer, device: torch.device, warmup: int = 2,
+                 precision: str = "fp32") -> None:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}; train eagerly on the CPU")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 eager iteration before a capture, not {warmup}")
+        precision_context(device.type, precision)  # rejects an unknown precision now, not at the first step
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.precision = precision
         self.warmup = warmup
         self.stream = torch.cuda.Stream(device)
         self.captures = 0  # how many graphs were captured (one per topology)
@@ -99,18 +129,21 @@ class GraphedTrainStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self._graph is not None:
             if x.shape != self._x.shape or y.shape != self._y.shape:
-                return train_step(self.model, self.loss_fn, self.optimizer, x, y)
+                return self._eager(x, y)
             return self._replay(x, y)
         if self._eager_since_reset < self.warmup:
             self._eager_since_reset += 1
-            return train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            return self._eager(x, y)
         with _LOCK:
             if _active_runs <= 1:
                 self._capture(x, y)
         if self._graph is None:
             self.skipped_captures += 1
-            return train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            return self._eager(x, y)
         return self._replay(x, y)
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return train_step(self.model, self.loss_fn, self.optimizer, x, y, self.precision)
 
     def _replay(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._x.copy_(x)
@@ -125,7 +158,7 @@ class GraphedTrainStep:
         graph = torch.cuda.CUDAGraph()
         # thread_local: trials that share a process (threads of a Dask worker) keep using the GPU meanwhile.
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            loss = self.loss_fn(self.model(self._x), self._y)
+            loss = forward_loss(self.model, self.loss_fn, self._x, self._y, self.precision)
             loss.backward()
             self.optimizer.step()
         self._loss = loss.detach()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .data.registry import DATASETS
+from .graph_step import PRECISIONS
 
 LOSSES = ("mse", "cross_entropy")
 REDUCTIONS = ("sum", "mean")
@@ -49,6 +50,8 @@ class TrainConfig:
     device: str = "auto"
     # Replay each training iteration from a CUDA graph (sweep/graph_step.py); ignored on the CPU.
     cuda_graph: bool = True
+    # "bf16": forward pass, loss and evaluation under bfloat16 autocast (float32 weights, gradients and loss).
+    precision: str = "fp32"
 
     @classmethod
     def from_any(cls, config: "TrainConfig | dict[str, Any] | None") -> "TrainConfig":
@@ -121,6 +124,7 @@ class TrainConfig:
         choice("optimizer", OPTIMIZERS)
         choice("growth", GROWTHS)
         choice("init", INITS)
+        choice("precision", PRECISIONS)
         if not isinstance(self.hidden, (list, tuple)) or any(
                 isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden must be a list of positive layer sizes, e.g. [256, 256, 256], not {self.hidden!r}")

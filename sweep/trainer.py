@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Dataset, load_dataset
-from .graph_step import GraphedTrainStep, gpu_training, train_step
+from .graph_step import GraphedTrainStep, gpu_training, precision_context, train_step
 from .metrics import device_name, model_size
 from .timing import DeviceTimer, median_ms, synchronize
 from .train_config import DEFAULTS, ConfigError, TrainConfig
@@ -168,7 +168,8 @@ def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progre
     optimizer = _build_optimizer(cfg, model, lr, graphed)
     evolver = _build_evolver(cfg, model, optimizer, evolve_gen)
     loss_fn = _loss_fn(cfg, data.n_classes)
-    step = GraphedTrainStep(model, loss_fn, optimizer, device) if graphed else None
+    step = GraphedTrainStep(model, loss_fn, optimizer, device, precision=cfg.precision) if graphed else None
+    in_precision = functools.partial(precision_context, device.type, cfg.precision)  # a fresh context per use
 
     n_train = data.x_train.shape[0]
     batch = min(cfg.batch_size, n_train)
@@ -190,7 +191,7 @@ def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progre
             for b in range(n_batches):
                 index = order[b * batch:(b + 1) * batch]
                 x, y = data.x_train[index], data.y_train[index]  # (batch, n_in), (batch,)
-                loss = step(x, y) if step is not None else train_step(model, loss_fn, optimizer, x, y)
+                loss = step(x, y) if step is not None else train_step(model, loss_fn, optimizer, x, y, cfg.precision)
                 loss_total += loss * _per_sample_scale(cfg, x.shape[0], data.n_classes)
             # Free the last batch's autograd graph before evolving: a live graph keeps the old-shape gradient
             # accumulator of each `values` Parameter, which the evolver may resize (nnz can change).
@@ -208,7 +209,8 @@ def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progre
                     step.reset()  # new weights, optimizer state and layouts: capture again
         epoch_s.append(train_timer.seconds + evolve_timer.seconds)
         model.eval()
-        accuracy = _accuracy(model, data.x_test, data.y_test)
+        with in_precision():
+            accuracy = _accuracy(model, data.x_test, data.y_test)
         test_accuracy.append(accuracy)
         epochs.set_postfix(loss=f"{epoch_loss:.4g}", acc=f"{accuracy:.4f}")
         if report is not None:
@@ -237,7 +239,7 @@ def _train(cfg: TrainConfig, device: torch.device, report: Report | None, progre
         "lr": lr,
     }
     if finite:  # a collapsed network still runs; a non-finite one is not worth timing
-        with torch.no_grad():
+        with torch.no_grad(), in_precision():
             metrics["inference_ms"] = median_ms(lambda: model(data.x_test).argmax(dim=1), device)
     if device.type == "cuda":
         synchronize(device)

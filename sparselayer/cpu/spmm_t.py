@@ -2,9 +2,10 @@
 
 import torch
 
-from ._matrix import csr_matrix
+from ._matrix import contiguous_as, csr_matrix, without_autocast
 
 
+@without_autocast
 def spmm_t(
     ccol: torch.Tensor,
     row: torch.Tensor,
@@ -15,4 +16,5 @@ def spmm_t(
 ) -> torch.Tensor:
     n_out = grad_y.shape[1]
     w_t = csr_matrix(ccol, row, values[perm], (n_in, n_out))
-    return (w_t @ grad_y.t()).t().contiguous()  # (batch, n_in)
+    gt = grad_y.t().to(values.dtype)  # (n_out, batch); bf16 grad_y is computed in fp32 (see spmm)
+    return contiguous_as((w_t @ gt).t(), grad_y.dtype)  # (batch, n_in)

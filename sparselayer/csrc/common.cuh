@@ -1,6 +1,10 @@
 // Shared pieces of the sparselayer CUDA kernels: argument checks, launch helpers, and the two ways a
 // (batch tile x column panel) slice of a dense (batch, n) matrix is staged in shared memory.
 //
+// The bf16-activation mode: activations (x, grad_y, and the products' outputs) in bfloat16, the weight values in
+// fp32, every product accumulated in fp32 from activations converted while they are staged (the shared tiles
+// hold fp32, so the compute loops are the fp32 ones) and rounded once on output.
+//
 // Every fp32 kernel works on batch tiles of kBt = 32 rows of the dense operand: a tile column (32 batch
 // values) is 128 bytes, i.e. 8 float4 chunks, one per lane of an 8-lane group. Dense operands arrive as
 // (batch, n) with any strides; tiles are read straight from that layout (no transpose copy).
@@ -10,6 +14,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <array>
@@ -30,7 +35,8 @@ void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like);
 int num_sms(int device);
 // Largest dynamic shared memory (bytes) a block may opt into on this device.
 int max_smem_optin(int device);
-// float4 loads are legal: unit column stride, 16-byte aligned rows.
+// Four-element vector loads are legal (float4 for float32, 8 bytes for bfloat16): unit column stride, rows
+// aligned to four elements.
 bool can_vectorise(const at::Tensor& m);
 // Raises kernel's dynamic shared memory limit to the device's opt-in maximum, once per kernel and device
 // (cudaFuncSetAttribute per call cost host time on small shapes).
@@ -48,12 +54,37 @@ int env_int(const char* name);
 // p = 0 .. n_panels (the last entry is the row end).  int32 (n_panels + 1, n_rows).
 at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t n_rows, int64_t n_cols, int P);
 
+// spmm stages x from a feature-major copy when each x element feeds at least this many multiply-adds (nonzeros
+// per column): measured on an H100 (benchmarks/kernels-notes.md, v8), the 16384^2 b1024 forward at 99% (164 per
+// column) is 12% faster with it, the 4096^2 b4096 one (41) 1-5% slower.
+constexpr double kFmMinUses = 100.0;
+
+// The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
+// when m is a feature-major float32 view already), for tiles staged with 16-byte copies; undefined when !enabled.
+at::Tensor feature_major(const at::Tensor& m, bool enabled);
+
 // y (batch, n_out) = x (batch, n_cols) @ A^T for the CSR matrix A = (ptr, idx, vals[perm]) of n_out rows
 // (perm undefined: vals in index order). spmm calls it with W's CSR, spmm_t with W's CSC index and perm.
 at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                            const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
 // --- device helpers ----------------------------------------------------------------------------------
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// Four consecutive elements as float4: one 16-byte load of float32, one 8-byte load of bfloat16 (a bfloat16 is
+// the high half of the float32 with the same bits, so widening is a shift or a mask).
+__device__ __forceinline__ float4 load4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ float4 load4(const bf16* p) {
+  const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
 
 // Swizzled tile [P][32]: column c of the panel holds its 32 batch values as 8 float4 chunks, chunk q stored
 // at slot q ^ ((c >> 2) & 7). An 8-lane group reading one column (lane l -> chunk l) touches 8 distinct
@@ -66,10 +97,11 @@ __device__ __forceinline__ int swizzled_chunk(int c, int q) {
 // loop that waits on each load in turn was latency-bound, ~600 cycles per L2 round trip).
 
 // Stage m[b0 : b0+32, c0 : c0+P] (zero outside the matrix) into the swizzled tile ts. P % 32 == 0.
-// m is (nrows, ncols) with strides (sb, sc); vec: sc == 1, ncols % 4 == 0, rows 16-byte aligned.
+// m is (nrows, ncols) float32 or bfloat16 with strides (sb, sc); vec: sc == 1, ncols % 4 == 0, rows aligned to
+// four elements (can_vectorise).
 // T: threads of the block.
-template <int U, int T = kThreads>
-__device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const float* __restrict__ m,
+template <int U, int T = kThreads, typename In = float>
+__device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const In* __restrict__ m,
                                                    int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
                                                    int b0, int c0, int P) {
   if (vec) {
@@ -83,7 +115,7 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
         const int cq = ((i >> 8) << 3) | (i & 7);  // column quad within the panel
         const int gb = b0 + ((i >> 3) & (kBt - 1)), gc = c0 + 4 * cq;
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < n4 && gb < nrows && gc < ncols) v[u] = __ldg(reinterpret_cast<const float4*>(m + gb * sb + gc));
+        if (i < n4 && gb < nrows && gc < ncols) v[u] = load4(m + gb * sb + gc);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -107,7 +139,7 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
       for (int u = 0; u < U; ++u) {
         const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
-        v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
+        v[u] = (i < n && gb < nrows && gc < ncols) ? to_float(m[gb * sb + gc * sc]) : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -121,8 +153,8 @@ __device__ __forceinline__ void load_tile_swizzled(float* __restrict__ ts, const
 
 // Stage m[b0 : b0+32, c0 : c0+W] into the plain tile ts [W][32] (column c at ts + 32 c). Consecutive lanes
 // take consecutive batch rows, so the transposing stores hit 32 distinct banks. W % 4 == 0.
-template <int U, int T = kThreads>
-__device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const float* __restrict__ m,
+template <int U, int T = kThreads, typename In = float>
+__device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const In* __restrict__ m,
                                                 int64_t sb, int64_t sc, bool vec, int nrows, int ncols,
                                                 int b0, int c0, int W) {
   if (vec) {
@@ -134,7 +166,7 @@ __device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const fl
         const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + 4 * (i >> 5);
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < n4 && gb < nrows && gc < ncols) v[u] = __ldg(reinterpret_cast<const float4*>(m + gb * sb + gc));
+        if (i < n4 && gb < nrows && gc < ncols) v[u] = load4(m + gb * sb + gc);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -156,7 +188,7 @@ __device__ __forceinline__ void load_tile_plain(float* __restrict__ ts, const fl
       for (int u = 0; u < U; ++u) {
         const int i = i0 + u * T;
         const int gb = b0 + (i & (kBt - 1)), gc = c0 + (i >> 5);
-        v[u] = (i < n && gb < nrows && gc < ncols) ? m[gb * sb + gc * sc] : 0.f;
+        v[u] = (i < n && gb < nrows && gc < ncols) ? to_float(m[gb * sb + gc * sc]) : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -173,10 +205,42 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
   const int n = valid ? 4 : 0;
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
 }
+// 16-byte asynchronous copy global -> shared, bypassing L1; the last 16 - src_bytes bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed copy groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Stage the same tile from a feature-major copy mt (row c holds m[:, c], rows of ld floats, ld % 4 == 0, 16-byte
+// aligned): each tile column is 128 contiguous bytes there, so the tile is 8 P 16-byte cp.async copies with no
+// transpose and no registers (all in flight at once). The caller commits and waits.
+template <int T>
+__device__ __forceinline__ void copy_tile_swizzled(float* __restrict__ ts, const float* __restrict__ mt, int64_t ld,
+                                                   int nrows, int ncols, int b0, int c0, int P) {
+  for (int i = threadIdx.x; i < 8 * P; i += T) {
+    const int c = i >> 3, qd = i & 7;  // 8 consecutive threads copy one column: 128 contiguous bytes
+    const int gc = c0 + c, gb = b0 + 4 * qd;
+    const int bytes = gc < ncols && gb < nrows ? 4 * min(4, nrows - gb) : 0;
+    cp_async16(ts + swizzled_chunk(c, qd), bytes ? mt + gc * ld + gb : mt, bytes);
+  }
+}
+
+// The plain tile [W][32] of load_tile_plain from a feature-major copy mt (as copy_tile_swizzled): rows
+// b0 .. nrows - 1 of m, 16-byte cp.async copies; the caller commits and waits.
+template <int T>
+__device__ __forceinline__ void copy_tile_plain(float* __restrict__ ts, const float* __restrict__ mt, int64_t ld,
+                                                int nrows, int ncols, int b0, int c0, int W) {
+  for (int i = threadIdx.x; i < 8 * W; i += T) {
+    const int c = i >> 3, qd = i & 7;
+    const int gc = c0 + c, gb = b0 + 4 * qd;
+    const int bytes = gc < ncols && gb < nrows ? 4 * min(4, nrows - gb) : 0;
+    cp_async16(ts + c * kBt + 4 * qd, bytes ? mt + gc * ld + gb : mt, bytes);
+  }
+}
 
 __device__ __forceinline__ void fma4(float4& acc, float v, const float4& x) {
   acc.x = fmaf(v, x.x, acc.x);

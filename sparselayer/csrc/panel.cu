@@ -21,8 +21,9 @@ void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like) 
   TORCH_CHECK(t.is_cuda(), "sparselayer: ", name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == like.device(), "sparselayer: ", name, " is on ", t.device(), " but the index on ",
               like.device(), "; move both to one GPU");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "sparselayer: CUDA kernels support float32 and float64, got ", t.scalar_type(), " for ", name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kBFloat16,
+              "sparselayer: CUDA kernels support float32, float64 and bfloat16 activations, got ", t.scalar_type(),
+              " for ", name);
 }
 
 namespace {
@@ -50,7 +51,7 @@ int max_smem_optin(int device) {
 
 bool can_vectorise(const at::Tensor& m) {
   return m.stride(1) == 1 && m.size(1) % 4 == 0 && (m.size(0) <= 1 || m.stride(0) % 4 == 0) &&
-         reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0;
+         reinterpret_cast<uintptr_t>(m.data_ptr()) % (4 * m.element_size()) == 0;
 }
 
 void allow_smem(const void* kernel, int device) {
@@ -88,7 +89,48 @@ __global__ void panel_pointer_kernel(const int64_t* __restrict__ ptr, const int6
   pp[static_cast<int64_t>(p) * n_rows + r] = static_cast<int32_t>(lo);
 }
 
+// xt[c * ld + b] = float(m[b, c]): 32 x 32 tiles through shared memory, reads and writes both coalesced.
+template <typename In>
+__global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64_t sc, int batch, int n_cols,
+                                     float* __restrict__ xt, int64_t ld) {
+  __shared__ float tile[32][33];  // +1: the column reads below hit 32 distinct banks
+  const int c0 = blockIdx.x * 32, b0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
+  for (int i = ty; i < 32; i += 8) {
+    const int b = b0 + i, c = c0 + tx;
+    tile[i][tx] = b < batch && c < n_cols ? to_float(m[b * sb + c * sc]) : 0.f;
+  }
+  __syncthreads();
+  for (int i = ty; i < 32; i += 8) {
+    const int c = c0 + i, b = b0 + tx;
+    if (c < n_cols && b < batch) xt[c * ld + b] = tile[tx][i];
+  }
+}
+
 }  // namespace
+
+at::Tensor feature_major(const at::Tensor& m, bool enabled) {
+  if (!enabled) return at::Tensor();
+  const int64_t batch = m.size(0), n_cols = m.size(1);
+  // Already feature-major float32 (a transposed view, as an activation kept as x^T is): use it in place.
+  if (m.scalar_type() == at::kFloat && (m.stride(0) == 1 || batch == 1) && m.stride(1) % 4 == 0 &&
+      reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0)
+    return m.t();
+  const int64_t ld = (batch + 3) / 4 * 4;  // rows of whole 16-byte chunks
+  auto xt = at::empty({n_cols, ld}, m.options().dtype(at::kFloat));
+  const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
+  TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (m.scalar_type() == at::kBFloat16)
+    feature_major_kernel<bf16><<<grid, dim3(32, 8), 0, stream>>>(
+        reinterpret_cast<const bf16*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
+        static_cast<int>(n_cols), xt.data_ptr<float>(), ld);
+  else
+    feature_major_kernel<float><<<grid, dim3(32, 8), 0, stream>>>(
+        m.const_data_ptr<float>(), m.stride(0), m.stride(1), static_cast<int>(batch), static_cast<int>(n_cols),
+        xt.data_ptr<float>(), ld);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return xt;
+}
 
 at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t n_rows, int64_t n_cols, int P) {
   const int64_t n_panels = (n_cols + P - 1) / P;

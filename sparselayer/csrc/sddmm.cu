@@ -8,10 +8,14 @@
 // grad_y column every nonzero in that row (P * density): R and P are sized from the density so that a tile
 // holds about as many nonzeros as there are slots. Lanes read the 8 chunks of a staged column starting at
 // chunk (lane % 8), so an 8-lane phase never hits one bank twice, whatever columns and rows the lanes want.
-// Where the matrix gives too few tiles to fill the GPU, the batch is split across blocks and the per-split
+// On large matrices both operands are first copied feature-major (feature_major), so a tile column is 128
+// contiguous bytes and the tiles arrive by 16-byte cp.async copies instead of transposing loads (v8: the
+// staging was about half the kernel's instructions). Where the matrix gives too few tiles to fill the GPU,
+// the batch is split across blocks and the per-split
 // sums are added afterwards in split order. Each nonzero is summed in a fixed order: deterministic, no
 // atomics. Measured limits (benchmarks/README.md): shared-memory reads (8 bytes per multiply-add) and one
 // block per SM, so tile loads and compute alternate.
+// bfloat16 activations are converted to fp32 as they are staged (or copied); the sums are fp32 as always.
 // fp64: one thread per nonzero, a plain loop over the batch.
 #include "common.cuh"
 
@@ -24,13 +28,16 @@ namespace sparselayer {
 namespace {
 
 constexpr int kMaxTile = 1024;  // R, P <= kMaxTile (R fits 16 bits in the packed slot)
+constexpr int kFmMinStagings = 4;
 
 // T threads per block: 512 threads with 8 slots each hold the same 4096 slots as 256 with 16, at twice the warps.
-template <int kSlotsPerThread, int T>
+// In: the activations' type (float, or bf16: converted while staged; the sums and the output stay fp32).
+template <int kSlotsPerThread, int T, typename In>
 __global__ void __launch_bounds__(T, kSlotsPerThread <= 8 && T == kThreads ? 2 : 1)
 sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ col,
-                  const float* __restrict__ dy, int64_t sdb, int64_t sdc, bool dvec,
-                  const float* __restrict__ x, int64_t sxb, int64_t sxc, bool xvec,
+                  const In* __restrict__ dy, int64_t sdb, int64_t sdc, bool dvec,
+                  const In* __restrict__ x, int64_t sxb, int64_t sxc, bool xvec,
+                  const float* __restrict__ dyt, int64_t lddt, const float* __restrict__ xt, int64_t ldxt,
                   int batch, int n_out, int n_in, int R, int P, int rows_per_split, int64_t nnz,
                   float* __restrict__ out) {
   constexpr int kSlots = T * kSlotsPerThread;
@@ -122,8 +129,15 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
     __syncthreads();
 
     for (int b0 = b_begin; b0 < b_end; b0 += kBt) {
-      load_tile_plain<8, T>(xs, x, sxb, sxc, xvec, b_end, n_in, b0, c0, P);
-      load_tile_plain<8, T>(ds, dy, sdb, sdc, dvec, b_end, n_out, b0, o0, R);
+      if (xt) {  // feature-major copies: 16-byte copies, no transpose
+        copy_tile_plain<T>(xs, xt, ldxt, b_end, n_in, b0, c0, P);
+        copy_tile_plain<T>(ds, dyt, lddt, b_end, n_out, b0, o0, R);
+        cp_async_commit();
+        cp_async_wait<0>();
+      } else {
+        load_tile_plain<8, T>(xs, x, sxb, sxc, xvec, b_end, n_in, b0, c0, P);
+        load_tile_plain<8, T>(ds, dy, sdb, sdc, dvec, b_end, n_out, b0, o0, R);
+      }
       __syncthreads();
 #pragma unroll
       for (int m = 0; m < kSlotsPerThread; ++m) {
@@ -188,7 +202,7 @@ __global__ void sddmm_simple_kernel(const int64_t* __restrict__ crow, const int6
 int round32(double v) { return std::max(32, static_cast<int>(v / 32.0) * 32); }
 
 // Sizes the tile for S slots per thread, launches the tile kernel; target receives the per-split sums.
-template <int S, int T>
+template <int S, int T, typename In>
 void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
                   const at::Tensor& out, int64_t nnz, int device, cudaStream_t stream, int64_t& splits_out,
                   at::Tensor& target) {
@@ -213,8 +227,15 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const at::Tensor pp = cached_layout("sddmm_pp", {crow, col}, {n_out, n_in, P, 0}, [&]() {
     return std::vector<at::Tensor>{panel_pointers(crow, col, n_out, n_in, P)};
   })[0];
-  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S, T>), device);
+  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S, T, In>), device);
   const int64_t tiles_r = (n_out + R - 1) / R, tiles_c = (n_in + P - 1) / P;
+  // Stage the tiles from feature-major copies of x and grad_y (16-byte cp.async copies, no transposing loads)
+  // where each operand is staged at least kFmMinStagings times, so that the two copies pay for themselves
+  // (SPARSELAYER_SDDMM_FM: 1 always, 2 never). Measured on an H100 (benchmarks/kernels-notes.md, v8): faster on
+  // every 4096^2 and 16384^2 case, 1.46 vs 2.38 ms at 16384^2 b1024 99%, 0.54 vs 0.72 at 4096^2 b4096.
+  const int fm_env = env_int("SPARSELAYER_SDDMM_FM");
+  const bool fm = fm_env == 1 || (fm_env != 2 && tiles_r >= kFmMinStagings && tiles_c >= kFmMinStagings);
+  const at::Tensor xt = feature_major(x, fm), dyt = feature_major(grad_y, fm);
   TORCH_CHECK(tiles_c <= 65535, "sparselayer: too many column panels");
   // Small matrices with a long batch: split the batch so that every SM gets work, and sum the splits after.
   const int64_t batch_tiles = (batch + kBt - 1) / kBt;
@@ -222,12 +243,15 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   int64_t splits = std::min<int64_t>({batch_tiles, (want + tiles_r * tiles_c - 1) / (tiles_r * tiles_c), 65535});
   const int64_t tiles_per_split = (batch_tiles + splits - 1) / splits;
   splits = (batch_tiles + tiles_per_split - 1) / tiles_per_split;
-  target = splits > 1 ? at::empty({splits, nnz}, x.options()) : out;
+  target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
   splits_out = splits;
   const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(tiles_c), static_cast<unsigned>(splits));
-  sddmm_tile_kernel<S, T><<<grid, T, smem, stream>>>(
-      pp.data_ptr<int32_t>(), col.data_ptr<int64_t>(), grad_y.data_ptr<float>(), grad_y.stride(0), grad_y.stride(1),
-      can_vectorise(grad_y), x.data_ptr<float>(), x.stride(0), x.stride(1), can_vectorise(x),
+  sddmm_tile_kernel<S, T, In><<<grid, T, smem, stream>>>(
+      pp.data_ptr<int32_t>(), col.data_ptr<int64_t>(), reinterpret_cast<const In*>(grad_y.const_data_ptr()),
+      grad_y.stride(0), grad_y.stride(1), can_vectorise(grad_y), reinterpret_cast<const In*>(x.const_data_ptr()),
+      x.stride(0), x.stride(1), can_vectorise(x), dyt.defined() ? dyt.data_ptr<float>() : nullptr,
+      dyt.defined() ? dyt.stride(0) : 0, xt.defined() ? xt.data_ptr<float>() : nullptr,
+      xt.defined() ? xt.stride(0) : 0,
       static_cast<int>(batch), static_cast<int>(n_out), static_cast<int>(n_in), R, P,
       static_cast<int>(tiles_per_split * kBt), nnz, target.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -250,7 +274,9 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
   TORCH_CHECK(grad_y.size(1) == n_out, "sparselayer: grad_y has ", grad_y.size(1), " columns but crow describes ",
               n_out, " rows");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto out = at::empty({nnz}, x.options());
+  // bfloat16 activations give the float32 gradient of float32 values.
+  const bool bf16_act = x.scalar_type() == at::kBFloat16;
+  auto out = at::empty({nnz}, x.options().dtype(bf16_act ? at::kFloat : x.scalar_type()));
   if (nnz == 0) return out;
   if (batch == 0) return out.zero_();
   TORCH_CHECK(nnz < (int64_t{1} << 31) && batch < (int64_t{1} << 31) && n_in < (int64_t{1} << 31),
@@ -277,9 +303,15 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
   const int slots_per_thread = env_int("SPARSELAYER_SDDMM_SLOTS") == 8 ? 8 : 16;
   const int t_env = env_int("SPARSELAYER_SDDMM_T");
   const bool wide = t_env == 512 || (t_env != 256 && env_int("SPARSELAYER_SDDMM_SLOTS") == 0 && density < 0.05);
-  if (wide) launch_tiles<8, 2 * kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-  else if (slots_per_thread == 8) launch_tiles<8, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-  else launch_tiles<16, kThreads>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+  auto launch = [&](auto in) {
+    using In = decltype(in);
+    if (wide) launch_tiles<8, 2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+    else if (slots_per_thread == 8)
+      launch_tiles<8, kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+    else launch_tiles<16, kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+  };
+  if (bf16_act) launch(bf16{});
+  else launch(float{});
   const int64_t splits = splits_out;
   if (splits > 1) {
     sum_splits_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, stream>>>(

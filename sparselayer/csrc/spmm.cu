@@ -12,7 +12,12 @@
 // that made the first version latency-bound); the value position is k, or perm[k] for spmm_t, and the values
 // are read through it every call. Two variants: spmm_panel_kernel stages each panel then computes it;
 // spmm_panel_db_kernel fetches panel p + 1 with cp.async while computing panel p (faster at 90%, slower at
-// 97-99%: benchmarks/kernels-notes.md, v6).
+// 97-99%: benchmarks/kernels-notes.md, v6; no longer a default). spmm_panel_kernel stages x either with
+// transposing loads from x's own layout or, on large sparse products (choose_config), by 16-byte cp.async copies
+// from a feature-major copy made per call (feature_major; an x that is a feature-major view is used in place):
+// the transposing loads were a third of the kernel's instructions at 99% (v8).
+// bf16 activations (x, y bfloat16; values fp32): the same kernels, x converted to fp32 as it is staged (or
+// copied), the fp32 sums rounded once into y.
 // fp64: one thread per output element; simple and exact, for gradcheck and references.
 #include "common.cuh"
 
@@ -20,6 +25,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 namespace sparselayer {
 namespace {
@@ -104,12 +110,13 @@ constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 // NB batch sub-tiles of 32 per block: lane l of a row group holds batch values 4l..4l+3 of each sub-tile,
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
 // T threads per block (256, or 512 to double the warps per SM for the same rows per block).
-template <int J, int NB, int T>
+// In: the activations' type, float or bf16 (x and y; the values and the accumulation stay fp32).
+template <int J, int NB, int T, typename In>
 __global__ void __launch_bounds__(T, (min_blocks<J, NB, T>()))
 spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
-                  const float* __restrict__ x,
-                  int64_t sxb, int64_t sxc, bool vec, int batch, int n_cols, int n_rows, int n_panels, int P,
-                  int cap, bool packed_vals, float* __restrict__ y) {
+                  const In* __restrict__ x, int64_t sxb, int64_t sxc, bool vec, const float* __restrict__ xt,
+                  int64_t ldt, int batch, int n_cols, int n_rows, int n_panels, int P,
+                  int cap, bool packed_vals, In* __restrict__ y) {
   constexpr int G = T / kLanes;  // row groups per block
   constexpr int R = G * J;              // rows per block
   extern __shared__ float4 smem4[];
@@ -133,6 +140,11 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
     const int cb = __ldg(qp), n = __ldg(qp + R) - cb;  // this panel's chunk: packed[cb, cb + n)
     const int c0 = p * P;
     const int staged = min(n, cap);
+    if (xt) {  // feature-major copy: the x tiles fly (cp.async) while the nonzeros are staged below
+#pragma unroll
+      for (int h = 0; h < NB; ++h) copy_tile_swizzled<T>(xs + h * sub, xt, ldt, batch, n_cols, b0 + h * kBt, c0, P);
+      cp_async_commit();
+    }
     for (int t0 = tid; t0 < staged; t0 += U * T) {
       int2 w[U];
 #pragma unroll
@@ -152,9 +164,13 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
       }
     }
     for (int i = tid; i <= R; i += T) seg[i] = __ldg(qp + i) - cb;
+    if (xt) {
+      cp_async_wait<0>();
+    } else {
 #pragma unroll
-    for (int h = 0; h < NB; ++h)
-      load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
+      for (int h = 0; h < NB; ++h)
+        load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
+    }
     __syncthreads();
     if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
 #pragma unroll
@@ -201,11 +217,11 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
 #pragma unroll
     for (int h = 0; h < NB; ++h) {
       const int b = b0 + h * kBt + 4 * l;
-      float* out = y + static_cast<int64_t>(b) * n_rows + o;
-      if (b < batch) out[0] = acc[j][h].x;
-      if (b + 1 < batch) out[n_rows] = acc[j][h].y;
-      if (b + 2 < batch) out[2 * static_cast<int64_t>(n_rows)] = acc[j][h].z;
-      if (b + 3 < batch) out[3 * static_cast<int64_t>(n_rows)] = acc[j][h].w;
+      In* out = y + static_cast<int64_t>(b) * n_rows + o;
+      if (b < batch) store_as(out, acc[j][h].x);
+      if (b + 1 < batch) store_as(out + n_rows, acc[j][h].y);
+      if (b + 2 < batch) store_as(out + 2 * static_cast<int64_t>(n_rows), acc[j][h].z);
+      if (b + 3 < batch) store_as(out + 3 * static_cast<int64_t>(n_rows), acc[j][h].w);
     }
   }
 }
@@ -366,51 +382,85 @@ __global__ void spmm_simple_kernel(const int64_t* __restrict__ ptr, const int64_
 struct PanelConfig {
   int J, NB, P, cap, smem;  // J: rows per block / 32
   bool db;                  // double-buffered kernel (P a power of two)
+  bool fm;                  // single-buffered kernel staging x from a feature-major copy (16-byte cp.async)
   int threads;              // threads per block of the single-buffered kernel: 256, or 512 where has_wide
 };
 
 // 512-thread blocks exist for the single-buffered kernel with one batch tile and 256 or 512 rows per block.
 constexpr bool has_wide(int J, int NB) { return NB == 1 && (J == 8 || J == 16); }
 
-template <int J, int NB>
+// In: float, or bf16 for bfloat16 activations (single-buffered kernel only: choose_config never picks the
+// double-buffered one for them).
+template <int J, int NB, typename In>
 void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
-                  const at::Tensor& pvals, const at::Tensor& x, int64_t n_rows, int n_panels, at::Tensor& y) {
+                  const at::Tensor& pvals, const at::Tensor& x, const at::Tensor& xt, int64_t n_rows, int n_panels,
+                  at::Tensor& y) {
   constexpr int R = (kThreads / kLanes) * J;
   const int64_t batch = x.size(0);
   const dim3 grid(static_cast<unsigned>((n_rows + R - 1) / R),
                   static_cast<unsigned>((batch + kBt * NB - 1) / (kBt * NB)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int2* pk = reinterpret_cast<const int2*>(packed.data_ptr<int32_t>());
-  if (c.db) {
-    allow_smem(reinterpret_cast<const void*>(spmm_panel_db_kernel<J, NB>), x.get_device());
-    int log2P = 0;
-    while ((1 << log2P) < c.P) ++log2P;
-    spmm_panel_db_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
-        q.data_ptr<int32_t>(), pk, pvals.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
-        static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap,
-        y.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
+  const In* xp = reinterpret_cast<const In*>(x.const_data_ptr());
+  In* yp = reinterpret_cast<In*>(y.data_ptr());
+  if constexpr (std::is_same_v<In, float>) {
+    if (c.db) {
+      allow_smem(reinterpret_cast<const void*>(spmm_panel_db_kernel<J, NB>), x.get_device());
+      int log2P = 0;
+      while ((1 << log2P) < c.P) ++log2P;
+      spmm_panel_db_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
+          q.data_ptr<int32_t>(), pk, pvals.data_ptr<float>(), xp, x.stride(0), x.stride(1),
+          static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap, yp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
   }
   // The single-buffered kernel reads the values in packed order when they were gathered (pvals), else through
   // each packed entry's position.
   const at::Tensor& sv = pvals.defined() ? pvals : vals;
   if (c.threads == 2 * kThreads) {
     if constexpr (has_wide(J, NB)) {  // the same R rows over twice the row groups
-      allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads>), x.get_device());
-      spmm_panel_kernel<J / 2, NB, 2 * kThreads><<<grid, 2 * kThreads, c.smem, stream>>>(
-          q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
-          can_vectorise(x), static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels,
-          c.P, c.cap, pvals.defined(), y.data_ptr<float>());
+      allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>), x.get_device());
+      spmm_panel_kernel<J / 2, NB, 2 * kThreads, In><<<grid, 2 * kThreads, c.smem, stream>>>(
+          q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
+          xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+          static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
     }
   } else {
-    allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads>), x.get_device());
-    spmm_panel_kernel<J, NB, kThreads><<<grid, kThreads, c.smem, stream>>>(
-        q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), x.data_ptr<float>(), x.stride(0), x.stride(1),
-        can_vectorise(x), static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels,
-        c.P, c.cap, pvals.defined(), y.data_ptr<float>());
+    allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads, In>), x.get_device());
+    spmm_panel_kernel<J, NB, kThreads, In><<<grid, kThreads, c.smem, stream>>>(
+        q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
+        xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+        static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Every launch configuration choose_config can pick, for activations of type In (bfloat16: one batch tile per block).
+template <typename In>
+void launch_config(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
+                   const at::Tensor& pvals, const at::Tensor& x, const at::Tensor& xt, int64_t n_rows, int n_panels,
+                   at::Tensor& y) {
+#define SPARSELAYER_LAUNCH(J, NB) launch_panel<J, NB, In>(c, q, packed, vals, pvals, x, xt, n_rows, n_panels, y)
+  if constexpr (std::is_same_v<In, float>) {
+    if (c.NB == 2) {
+      switch (c.J) {
+        case 8: SPARSELAYER_LAUNCH(8, 2); break;
+        case 4: SPARSELAYER_LAUNCH(4, 2); break;
+        case 2: SPARSELAYER_LAUNCH(2, 2); break;
+        default: SPARSELAYER_LAUNCH(1, 2); break;
+      }
+      return;
+    }
+  }
+  switch (c.J) {
+    case 16: SPARSELAYER_LAUNCH(16, 1); break;
+    case 8: SPARSELAYER_LAUNCH(8, 1); break;
+    case 4: SPARSELAYER_LAUNCH(4, 1); break;
+    case 2: SPARSELAYER_LAUNCH(2, 1); break;
+    default: SPARSELAYER_LAUNCH(1, 1); break;
+  }
+#undef SPARSELAYER_LAUNCH
 }
 
 // Threads per block of the single-buffered kernel when SPARSELAYER_SPMM_T does not say: 512 wherever that kernel
@@ -434,10 +484,11 @@ int staged_cap(int R, int P, double density, int budget, int fixed) {
 // two blocks per SM with narrower panels (64 columns at 90%). Nonzeros past `cap` (the staged share of a panel) are read from
 // global memory instead: an unlucky panel is slower, never wrong.
 // v7 (benchmarks/results/history/tune-v7*.log): on large products (nnz x batch >= 2e9) from 2% density, the
-// 512-thread single-buffered kernel with one batch tile per block beats both NB = 2 and the double-buffered kernel:
-// 512-row blocks below 5% density (16384^2 b1024 97%: 3.33 -> 3.15 ms; 4096^2 b4096: 0.91 -> 0.88), 256-row
-// blocks above (90%: 8.61 -> 7.80 and 2.15 -> 2.04).
-PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t nnz, int device) {
+// 512-thread single-buffered kernel with one batch tile per block beats both NB = 2 and the double-buffered kernel
+// with 256-row blocks (90%: 8.61 -> 7.80 and 2.15 -> 2.04). v8 (tune-v8.log, x staged from a feature-major copy):
+// between 2% and 5% density 256-row blocks over 512-column panels (16384^2 b1024 97%: 3.06 -> 2.80 ms; 4096^2
+// b4096: 0.90 -> 0.76) instead of v7's 512 x 256.
+PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t nnz, int device, bool bf16_act) {
   PanelConfig c{};
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_cols);
   const bool large = static_cast<double>(nnz) * batch >= kDbMinWork;
@@ -446,9 +497,14 @@ PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t 
   c.NB = nb_env == 1 || nb_env == 2 ? nb_env : (density >= 0.02 && batch > kBt && !wide_dense ? 2 : 1);
   const int db_env = env_int("SPARSELAYER_SPMM_DB");  // 1: double-buffered kernel, 2: single-buffered
   c.db = db_env == 1 ? true : db_env == 2 ? false : density >= kDbMinDensity && large && !wide_dense;
+  if (bf16_act) c.NB = 1, c.db = false;  // the only bfloat16 kernels (the build stays short)
+  // x staged from a feature-major copy (16-byte cp.async, no transposing loads) where the copy pays: below 5%
+  // density (above it the multiply-adds dominate each panel) with at least kFmMinUses nonzeros per column.
+  const int fm_env = env_int("SPARSELAYER_SPMM_FM");  // 1: always, 2: never (x's own layout)
+  c.fm = !c.db && (fm_env == 1 || (fm_env != 2 && density < kDbMinDensity && nnz >= kFmMinUses * n_cols));
   const int64_t batch_tiles = (batch + kBt * c.NB - 1) / (kBt * c.NB);
   const int64_t want = 2 * static_cast<int64_t>(num_sms(device));
-  c.J = wide_dense && c.NB == 1 && density >= kDbMinDensity ? 8 : 16 / c.NB;
+  c.J = wide_dense && c.NB == 1 ? 8 : 16 / c.NB;
   while (c.J > 1 && ((n_out + 32 * c.J - 1) / (32 * c.J)) * batch_tiles < want) c.J /= 2;
   const int j_env = env_int("SPARSELAYER_SPMM_J"), p_env = env_int("SPARSELAYER_SPMM_P");
   if (j_env == 1 || j_env == 2 || j_env == 4 || j_env == 8 || (j_env == 16 && c.NB == 1)) c.J = j_env;
@@ -461,7 +517,7 @@ PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t 
   const int budget = std::min((228 / blocks_per_sm - 1) * 1024, max_smem_optin(device));
   if (!c.db) {
     const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, 512));
-    c.P = std::min(density < 0.02 ? 512 : 256, cols32);
+    c.P = std::min(density < 0.02 || (wide_dense && density < kDbMinDensity) ? 512 : 256, cols32);
     if (p_env >= 32 && p_env % 32 == 0) c.P = std::min(p_env, cols32);
     c.cap = staged_cap(R, c.P, density, budget, panel_smem(c.P, 0, R, c.NB));
     c.smem = panel_smem(c.P, c.cap, R, c.NB);
@@ -520,8 +576,10 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
               n_out + 1);
   TORCH_CHECK(idx_in.numel() == vals_in.numel(), "sparselayer: ", idx_in.numel(), " indices but ", vals_in.numel(),
               " values");
-  TORCH_CHECK(vals_in.scalar_type() == x.scalar_type(), "sparselayer: values are ", vals_in.scalar_type(),
-              " but the dense operand is ", x.scalar_type());
+  const bool bf16_act = x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(vals_in.scalar_type() == (bf16_act ? at::kFloat : x.scalar_type()),
+              "sparselayer: values are ", vals_in.scalar_type(), " but the dense operand is ", x.scalar_type(),
+              " (bfloat16 activations need float32 values)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = x.size(0), n_cols = x.size(1);
   auto y = at::empty({batch, n_out}, x.options());
@@ -545,7 +603,7 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   const int64_t nnz = idx_in.numel();
   TORCH_CHECK(nnz < std::numeric_limits<int32_t>::max(), "sparselayer: more than 2^31 nonzeros");
   const auto vals = vals_in.contiguous();
-  const PanelConfig c = choose_config(n_out, n_cols, batch, nnz, device);
+  const PanelConfig c = choose_config(n_out, n_cols, batch, nnz, device, bf16_act);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);
   const at::Tensor& q = layout[0];
@@ -561,24 +619,9 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
         pvals.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-#define SPARSELAYER_LAUNCH(J, NB) launch_panel<J, NB>(c, q, packed, vals, pvals, x, n_out, n_panels, y)
-  if (c.NB == 2) {
-    switch (c.J) {
-      case 8: SPARSELAYER_LAUNCH(8, 2); break;
-      case 4: SPARSELAYER_LAUNCH(4, 2); break;
-      case 2: SPARSELAYER_LAUNCH(2, 2); break;
-      default: SPARSELAYER_LAUNCH(1, 2); break;
-    }
-  } else {
-    switch (c.J) {
-      case 16: SPARSELAYER_LAUNCH(16, 1); break;
-      case 8: SPARSELAYER_LAUNCH(8, 1); break;
-      case 4: SPARSELAYER_LAUNCH(4, 1); break;
-      case 2: SPARSELAYER_LAUNCH(2, 1); break;
-      default: SPARSELAYER_LAUNCH(1, 1); break;
-    }
-  }
-#undef SPARSELAYER_LAUNCH
+  const at::Tensor xt = c.db ? at::Tensor() : feature_major(x, c.fm);
+  if (bf16_act) launch_config<bf16>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
+  else launch_config<float>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
   return y;
 }
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..data import DataError
-from ..train_config import DEFAULTS, TrainConfig, GROWTHS, INITS, LOSSES, OPTIMIZERS, REDUCTIONS, ConfigError
+from ..train_config import DEFAULTS, TrainConfig, GROWTHS, INITS, LOSSES, OPTIMIZERS, PRECISIONS, REDUCTIONS, ConfigError
 from ..data.registry import DATASET_NAMES
 from ._base import Command, UsageError
 
@@ -69,6 +69,9 @@ class TrainCommand(Command):
         add(*_flags("cuda_graph"), action=argparse.BooleanOptionalAction, default=d["cuda_graph"],
             help="on a GPU, replay each training iteration from a CUDA graph captured once per topology "
                  "(default: on; ignored on the CPU)")
+        add(*_flags("precision"), choices=PRECISIONS, default=d["precision"],
+            help="bf16: forward pass and loss under bfloat16 autocast, weights and gradients stay float32 "
+                 "(default: %(default)s)")
         add("--json", action="store_true", help="print the metrics as JSON on stdout")
         add("--no-progress", action="store_true", help="no progress bar")
 

@@ -45,3 +45,26 @@ def dense_of(crow, col, values, shape):
 
 def tolerances(dtype):
     return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+
+
+BF16_RTOL = 2.0**-7  # twice bfloat16's unit roundoff (8 significant bits): one rounding of an exact result
+
+
+def assert_bf16_close(actual, reference, scale=None, rtol=BF16_RTOL):
+    """actual is bfloat16 and within rtol * scale of the float64 reference (scale: its largest magnitude)."""
+    assert actual.dtype == torch.bfloat16, actual.dtype
+    actual, reference = actual.detach().double(), reference.detach().double()
+    if scale is None:
+        scale = reference.abs().max().item() if reference.numel() else 0.0
+    torch.testing.assert_close(actual, reference, rtol=0.0, atol=rtol * float(scale))
+
+
+def assert_rounded_once(actual, reference, magnitude):
+    """Each element of the bfloat16 `actual` is the float64 reference rounded once to bfloat16 (within half an
+    ulp, 2**-8 relative), up to float32 accumulation error (2**-16 of `magnitude`, the reference computed on
+    absolute values). Rounding the values or partial sums to bf16 on the way breaks this where terms cancel."""
+    assert actual.dtype == torch.bfloat16, actual.dtype
+    actual, reference, magnitude = (t.detach().double() for t in (actual, reference, magnitude))
+    bound = 2.0**-8 * reference.abs() + 2.0**-16 * magnitude
+    excess = (actual - reference).abs() - bound
+    assert not (excess > 0).any(), f"{int((excess > 0).sum())} elements off by more than one bf16 rounding"

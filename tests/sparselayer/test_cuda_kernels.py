@@ -232,8 +232,9 @@ def test_sparse_mlp_step_matches_cpu():
         torch.testing.assert_close(p_gpu.detach().cpu(), p_cpu.detach(), rtol=1e-5, atol=1e-6, msg=f"{name}, seed {seed}")
 
 
-# Every fp32 spmm kernel (single-buffered with 256 or 512 threads, double-buffered cp.async), whatever the default
-# picks: the launchers' tuning overrides (benchmarks/tune.py) force each one.
+# Every fp32 spmm kernel (single-buffered with 256 or 512 threads, staging x from a feature-major copy or from x
+# itself; double-buffered cp.async), whatever the default picks: the launchers' tuning overrides
+# (benchmarks/tune.py) force each one.
 KERNEL_VARIANTS = {
     "single-buffered": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
     "single-buffered-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
@@ -241,6 +242,14 @@ KERNEL_VARIANTS = {
     "single-buffered-512-threads-256-rows": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
                                              "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "8"},
     "double-buffered": {"SPARSELAYER_SPMM_DB": "1"},
+    # x staged from a feature-major copy (16-byte cp.async), and from its own (batch, n) layout
+    "feature-major-staging": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1"},
+    "feature-major-staging-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
+                                          "SPARSELAYER_SPMM_T": "512", "SPARSELAYER_SPMM_NB": "1",
+                                          "SPARSELAYER_SPMM_J": "16"},
+    "feature-major-staging-two-batch-tiles": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
+                                              "SPARSELAYER_SPMM_NB": "2"},
+    "row-major-staging": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
 }
 
 
@@ -265,9 +274,13 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
-# Every fp32 sddmm kernel, whatever the default picks: 256 threads with 16 or 8 slots each, 512 threads with 8.
+# Every fp32 sddmm kernel, whatever the default picks: 256 threads with 16 or 8 slots each, 512 threads with 8,
+# tiles staged from feature-major copies or from the operands' own layouts.
 SDDMM_VARIANTS = {"16-slots": {"SPARSELAYER_SDDMM_T": "256"}, "8-slots": {"SPARSELAYER_SDDMM_SLOTS": "8"},
-                  "512-threads": {"SPARSELAYER_SDDMM_T": "512"}}
+                  "512-threads": {"SPARSELAYER_SDDMM_T": "512"},
+                  "feature-major-staging": {"SPARSELAYER_SDDMM_FM": "1"},
+                  "feature-major-staging-512-threads": {"SPARSELAYER_SDDMM_FM": "1", "SPARSELAYER_SDDMM_T": "512"},
+                  "row-major-staging": {"SPARSELAYER_SDDMM_FM": "2"}}
 
 
 @pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))

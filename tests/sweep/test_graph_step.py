@@ -89,8 +89,9 @@ def test_evolver_sees_the_last_replayed_batch_and_reset_captures_again():
         {"sparsity": 0.9, "epochs": 4},  # the thesis's settings: SGD, MSE summed, gradient growth
         {"sparsity": 0.9, "epochs": 4, "optimizer": "momentum", "loss": "cross_entropy", "lr": 1e-3,
          "growth": "random", "ttp": 0.05, "regrow": 0.8},  # nnz shrinks at every evolution
+        {"sparsity": [0.9, 0.9, None], "epochs": 4, "precision": "bf16"},  # autocast inside the capture
     ],
-    ids=["thesis-sgd", "momentum-random-shrinking"],
+    ids=["thesis-sgd", "momentum-random-shrinking", "thesis-sgd-bf16"],
 )
 def test_graphed_training_equals_eager_training(config):
     graphed = train({**SMALL, **config, "cuda_graph": True})

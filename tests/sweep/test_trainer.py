@@ -37,6 +37,27 @@ def test_training_on_digits_is_well_above_chance(device, config, floor):
     assert metrics["train_loss"][-1] < metrics["train_loss"][0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"sparsity": 0.8, "epochs": 8},  # the thesis's settings
+        {"sparsity": [0.5, 0.9, None], "epochs": 5, "optimizer": "adam", "loss": "cross_entropy", "lr": 1e-2},
+    ],
+    ids=["sparse-thesis", "mixed-adam-ce"],
+)
+def test_bf16_precision_trains_like_fp32(device, config):
+    bf16 = train({**SMALL, **config, "device": device, "precision": "bf16"})
+    fp32 = train({**SMALL, **config, "device": device})
+    assert bf16["status"] == "ok", bf16["reason"]
+    assert bf16["final_test_accuracy"] > 0.8  # chance is 0.1
+    assert bf16["final_test_accuracy"] == pytest.approx(fp32["final_test_accuracy"], abs=0.05)
+    # bf16 really ran (other losses than fp32's from the first epoch on), and stayed close to fp32
+    assert bf16["train_loss"][0] != fp32["train_loss"][0]
+    assert bf16["train_loss"][0] == pytest.approx(fp32["train_loss"][0], rel=0.05)
+    assert bf16["param_bytes"] == fp32["param_bytes"]  # the weights stay float32
+
+
 def test_metrics_have_the_promised_keys_types_and_units():
     metrics = train({**SMALL, "sparsity": 0.9, "epochs": 3, "device": "cpu"})
     assert METRIC_KEYS <= set(metrics)
@@ -162,6 +183,7 @@ def test_sum_reduction_is_the_reading_that_trains_with_the_thesis_lr():
         ({"growth": "none", "prune_dead": True}, "prune_dead"),
         ({"hidden": [0]}, "hidden"),
         ({"cuda_graph": "yes"}, "cuda_graph must be true or false"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16, not 'fp16'"),
     ],
 )
 def test_bad_config_is_rejected_early_with_the_fix(config, message):
@@ -194,7 +216,7 @@ def test_config_to_command_round_trips_through_the_cli():
 
     config = {"dataset": "mnist", "hidden": [128, 64], "sparsity": [0.95, 0.99, None], "loss": "cross_entropy",
               "optimizer": "adam", "lr": 0.001, "epochs": 3, "growth": "random", "ttp": 0.01, "k": 5,
-              "prune_dead": True, "tau_factor": 1.2, "seed": 3, "data_dir": "/tmp/some dir"}
+              "prune_dead": True, "tau_factor": 1.2, "seed": 3, "data_dir": "/tmp/some dir", "precision": "bf16"}
     command = config_to_command(config)
     assert command.startswith("sweep train ")
     import shlex
