@@ -56,7 +56,7 @@ at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t 
 
 // spmm stages x from a feature-major copy when each x element feeds at least this many multiply-adds (nonzeros
 // per column): measured on an H100 (benchmarks/kernels-notes.md, v8), the 16384^2 b1024 forward at 99% (164 per
-// column) is 12% faster with it, the 4096^2 b4096 one (41) 1-5% slower.
+// column) is 13% faster with it, the 4096^2 b4096 one (41) 1-7% slower.
 constexpr double kFmMinUses = 100.0;
 
 // The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
