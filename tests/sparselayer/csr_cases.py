@@ -68,3 +68,16 @@ def assert_rounded_once(actual, reference, magnitude):
     bound = 2.0**-8 * reference.abs() + 2.0**-16 * magnitude
     excess = (actual - reference).abs() - bound
     assert not (excess > 0).any(), f"{int((excess > 0).sum())} elements off by more than one bf16 rounding"
+
+
+def opcheck_every_op(crow, col, ccol, row, perm, values, x, grad_y):
+    """torch.library.opcheck (schema, fake, autograd registration, AOT dispatch) of the three ops on these inputs."""
+    n_out, n_in = grad_y.shape[1], x.shape[1]
+    calls = [
+        (torch.ops.sparselayer.spmm.default, (crow, col, values, x, n_out)),
+        (torch.ops.sparselayer.spmm_t.default, (ccol, row, perm, values, grad_y, n_in)),
+        (torch.ops.sparselayer.sddmm.default, (crow, col, grad_y, x)),
+    ]
+    for op, args in calls:
+        results = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in results.values()), (op, results)

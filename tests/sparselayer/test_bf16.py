@@ -12,7 +12,8 @@ from sparselayer import ops
 from sparselayer.csr import transpose_index
 
 from conftest import DEVICES
-from csr_cases import CASE_IDS, CASES, assert_bf16_close, assert_rounded_once, dense_of, random_csr, tolerances
+from csr_cases import (CASE_IDS, CASES, assert_bf16_close, assert_rounded_once, dense_of, opcheck_every_op, random_csr,
+                       tolerances)
 
 BATCHES = [1, 4, 0]
 BF16, F32 = torch.bfloat16, torch.float32
@@ -170,14 +171,7 @@ def test_opcheck_mixed_inputs(device):
     n_out, n_in = CASES[0][:2]
     ccol, row, perm = transpose_index(crow, col, n_in)
     values.requires_grad_(), x.requires_grad_(), grad_y.requires_grad_()
-    calls = [
-        (torch.ops.sparselayer.spmm.default, (crow, col, values, x, n_out)),
-        (torch.ops.sparselayer.spmm_t.default, (ccol, row, perm, values, grad_y, n_in)),
-        (torch.ops.sparselayer.sddmm.default, (crow, col, grad_y, x)),
-    ]
-    for op, args in calls:
-        results = torch.library.opcheck(op, args)
-        assert all(v == "SUCCESS" for v in results.values()), (op, results)
+    opcheck_every_op(crow, col, ccol, row, perm, values, x, grad_y)
 
 
 def test_fake_implementations_give_the_contract_dtypes():

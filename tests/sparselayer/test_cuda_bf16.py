@@ -14,7 +14,7 @@ from sparselayer.csr import transpose_index
 
 from csr_cases import dense_of
 from test_cuda_kernels import (KERNEL_VARIANTS, LAYOUTS, SHAPE_IDS, SHAPES, _case, _check, _dense, _force, _poison,
-                               _seed)
+                               _seed, assert_deterministic)
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
@@ -108,13 +108,7 @@ def test_bf16_matches_fp32_kernels_on_the_same_values():
 def test_bf16_deterministic():
     seed = _seed()
     m, x, grad_y, _ = _bf16_case((1100, 1500, 16500, 0, 70), "contiguous", seed)
-    ccol, row, perm = transpose_index(m["crow"], m["col"], 1500)
-    for run in (
-        lambda: torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, 1100),
-        lambda: torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, 1500),
-        lambda: torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x),
-    ):
-        assert torch.equal(run(), run()), f"seed {seed}"
+    assert_deterministic(m, x, grad_y, seed)
 
 
 def test_bf16_values_are_rejected():

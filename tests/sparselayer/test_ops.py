@@ -8,7 +8,7 @@ from sparselayer import ops
 from sparselayer.csr import transpose_index
 
 from conftest import DEVICES, DTYPES
-from csr_cases import CASE_IDS, CASES, dense_of, random_csr, tolerances
+from csr_cases import CASE_IDS, CASES, dense_of, opcheck_every_op, random_csr, tolerances
 
 BATCHES = [1, 4, 0]
 
@@ -107,14 +107,7 @@ def test_gradcheck(case):
 def test_opcheck_every_op():
     crow, col, ccol, row, perm, values, x, grad_y = _grad_inputs(CASES[0])
     n_out, n_in = CASES[0][:2]
-    calls = [
-        (torch.ops.sparselayer.spmm.default, (crow, col, values, x, n_out)),
-        (torch.ops.sparselayer.spmm_t.default, (ccol, row, perm, values, grad_y, n_in)),
-        (torch.ops.sparselayer.sddmm.default, (crow, col, grad_y, x)),
-    ]
-    for op, args in calls:
-        results = torch.library.opcheck(op, args)
-        assert all(v == "SUCCESS" for v in results.values()), (op, results)
+    opcheck_every_op(crow, col, ccol, row, perm, values, x, grad_y)
 
 
 def test_wrappers_reject_bad_input():
