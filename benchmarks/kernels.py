@@ -119,14 +119,7 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
     r["ours_fwd_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
     r["ours_spmm_t_ms"] = bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in))
     r["ours_sddmm_ms"] = bench(lambda: ops.sddmm(crow, col, dy, x))
-    vp = values.clone().requires_grad_(True)
-    xp = x.clone().requires_grad_(True)
-
-    def our_step():
-        y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)
-        vp.grad = xp.grad = None
-        y.backward(dy)
-
+    our_step = layer_step(crow, col, ccol, row, perm, values, x, dy, n_out)
     r["ours_step_ms"] = bench(our_step)
     # the same without the per-topology layout cache (csrc/cache.cu): what the first call after an evolution pays
     os.environ["SPARSELAYER_NO_CACHE"] = "1"
@@ -209,18 +202,24 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
     return r
 
 
-def bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
-    """The bf16-activation mode: float32 values, bfloat16 activations (x, grad_y, outputs), fp32 accumulation."""
-    n_in = x.shape[1]
-    xb, dyb = x.bfloat16(), dy.bfloat16()
+def layer_step(crow, col, ccol, row, perm, values, x, dy, n_out):
+    """A SparseLinear step without the module: ops.linear forward and its backward (both gradients) against dy."""
     vp = values.clone().requires_grad_(True)
-    xp = xb.clone().requires_grad_(True)
+    xp = x.clone().requires_grad_(True)
 
     def step():
         y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)
         vp.grad = xp.grad = None
-        y.backward(dyb)
+        y.backward(dy)
 
+    return step
+
+
+def bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
+    """The bf16-activation mode: float32 values, bfloat16 activations (x, grad_y, outputs), fp32 accumulation."""
+    n_in = x.shape[1]
+    xb, dyb = x.bfloat16(), dy.bfloat16()
+    step = layer_step(crow, col, ccol, row, perm, values, xb, dyb, n_out)
     return {
         "bf16_fwd_ms": bench(lambda: ops.spmm(crow, col, values, xb, n_out)),
         "bf16_spmm_t_ms": bench(lambda: ops.spmm_t(ccol, row, perm, values, dyb, n_in)),

@@ -107,6 +107,71 @@ pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ p
 template <int J, int NB, int T>
 constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 
+// The multiply-adds of one staged panel, shared by both kernels: row group g's rows j * G + g take their nonzeros
+// sw[seg[r] - base, seg[r + 1] - base) against the staged x tiles xs (NB sub-tiles of `sub` floats). Entries past
+// `cap` (a panel with more nonzeros than were staged; n is the panel's count) come from global memory instead:
+// packed[cb + k] for the column and vals[packed_vals ? cb + k : packed[cb + k].y] for the value.
+template <int J, int NB, int G>
+__device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2* sw, const int* seg, int base, int n,
+                                               int cap, const float* xs, int sub, int lane_bits, int g,
+                                               const int2* __restrict__ packed, int cb,
+                                               const float* __restrict__ vals, bool packed_vals) {
+  if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int r = j * G + g;
+      const int s = seg[r] - base, e = seg[r + 1] - base;
+#pragma unroll 4
+      for (int k = s; k < e; ++k) {
+        const int2 w = sw[k];
+        const float v = __int_as_float(w.y);
+        const float* xc = xs + (w.x ^ lane_bits);
+#pragma unroll
+        for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int r = j * G + g;
+    const int s = seg[r] - base, e = seg[r + 1] - base;
+    for (int k = s; k < e; ++k) {
+      int2 w;
+      if (k < cap) {
+        w = sw[k];
+      } else {
+        w = __ldg(packed + cb + k);
+        w.y = __float_as_int(__ldg(vals + (packed_vals ? cb + k : w.y)));
+      }
+      const float v = __int_as_float(w.y);
+      const float* xc = xs + (w.x ^ lane_bits);
+#pragma unroll
+      for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
+    }
+  }
+}
+
+// y[b0 + h * 32 + i, o0 + j * G + g] = acc[j][h] component i (b0: this lane's first batch row), within bounds.
+template <int J, int NB, int G, typename Out>
+__device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __restrict__ y, int o0, int g, int b0,
+                                           int batch, int n_rows) {
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int o = o0 + j * G + g;
+    if (o >= n_rows) continue;
+#pragma unroll
+    for (int h = 0; h < NB; ++h) {
+      const int b = b0 + h * kBt;
+      Out* out = y + static_cast<int64_t>(b) * n_rows + o;
+      if (b < batch) store_as(out, acc[j][h].x);
+      if (b + 1 < batch) store_as(out + n_rows, acc[j][h].y);
+      if (b + 2 < batch) store_as(out + 2 * static_cast<int64_t>(n_rows), acc[j][h].z);
+      if (b + 3 < batch) store_as(out + 3 * static_cast<int64_t>(n_rows), acc[j][h].w);
+    }
+  }
+}
+
 // NB batch sub-tiles of 32 per block: lane l of a row group holds batch values 4l..4l+3 of each sub-tile,
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
 // T threads per block (256, or 512 to double the warps per SM for the same rows per block).
@@ -172,58 +237,11 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
         load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
     }
     __syncthreads();
-    if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int r = j * G + g;
-        const int s = seg[r], e = seg[r + 1];
-#pragma unroll 4
-        for (int k = s; k < e; ++k) {
-          const int2 w = sw[k];
-          const float v = __int_as_float(w.y);
-          const float* xc = xs + (w.x ^ lane_bits);
-#pragma unroll
-          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
-        }
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int r = j * G + g;
-        const int s = seg[r], e = seg[r + 1];
-        for (int k = s; k < e; ++k) {
-          int2 w;
-          if (k < cap) {
-            w = sw[k];
-          } else {
-            w = __ldg(packed + cb + k);
-            w.y = __float_as_int(__ldg(vals + (packed_vals ? cb + k : w.y)));
-          }
-          const float v = __int_as_float(w.y);
-          const float* xc = xs + (w.x ^ lane_bits);
-#pragma unroll
-          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
-        }
-      }
-    }
+    multiply_panel<J, NB, G>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb, vals, packed_vals);
     __syncthreads();
   }
 
-  const int o0 = blockIdx.x * R;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int o = o0 + j * G + g;
-    if (o >= n_rows) continue;
-#pragma unroll
-    for (int h = 0; h < NB; ++h) {
-      const int b = b0 + h * kBt + 4 * l;
-      In* out = y + static_cast<int64_t>(b) * n_rows + o;
-      if (b < batch) store_as(out, acc[j][h].x);
-      if (b + 1 < batch) store_as(out + n_rows, acc[j][h].y);
-      if (b + 2 < batch) store_as(out + 2 * static_cast<int64_t>(n_rows), acc[j][h].z);
-      if (b + 3 < batch) store_as(out + 3 * static_cast<int64_t>(n_rows), acc[j][h].w);
-    }
-  }
+  store_rows<J, NB, G>(acc, y, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
 }
 
 // Floats per stage of the double-buffered kernel: NB x tiles, cap staged entries (2 words each), R + 1 raw
@@ -310,58 +328,11 @@ spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ pac
     const int2* sw = reinterpret_cast<const int2*>(xs + NB * sub);
     const int* seg = reinterpret_cast<const int*>(sw + cap);
     const int cb = seg[0], n = seg[R] - cb;  // this panel's chunk: packed[cb, cb + n)
-    if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int r = j * G + g;
-        const int s = seg[r] - cb, e = seg[r + 1] - cb;
-#pragma unroll 4
-        for (int k = s; k < e; ++k) {
-          const int2 w = sw[k];
-          const float v = __int_as_float(w.y);
-          const float* xc = xs + (w.x ^ lane_bits);
-#pragma unroll
-          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
-        }
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int r = j * G + g;
-        const int s = seg[r] - cb, e = seg[r + 1] - cb;
-        for (int k = s; k < e; ++k) {
-          int2 w;
-          if (k < cap) {
-            w = sw[k];
-          } else {
-            w.x = __ldg(&packed[cb + k].x);
-            w.y = __float_as_int(__ldg(pvals + cb + k));
-          }
-          const float v = __int_as_float(w.y);
-          const float* xc = xs + (w.x ^ lane_bits);
-#pragma unroll
-          for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
-        }
-      }
-    }
+    multiply_panel<J, NB, G>(acc, sw, seg, cb, n, cap, xs, sub, lane_bits, g, packed, cb, pvals, true);
     __syncthreads();  // stage p & 1 is refilled with panel p + 2 next
   }
 
-  const int o0 = blockIdx.x * R;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int o = o0 + j * G + g;
-    if (o >= n_rows) continue;
-#pragma unroll
-    for (int h = 0; h < NB; ++h) {
-      const int b = b0 + h * kBt + 4 * l;
-      float* out = y + static_cast<int64_t>(b) * n_rows + o;
-      if (b < batch) out[0] = acc[j][h].x;
-      if (b + 1 < batch) out[n_rows] = acc[j][h].y;
-      if (b + 2 < batch) out[2 * static_cast<int64_t>(n_rows)] = acc[j][h].z;
-      if (b + 3 < batch) out[3 * static_cast<int64_t>(n_rows)] = acc[j][h].w;
-    }
-  }
+  store_rows<J, NB, G>(acc, y, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
 }
 
 template <typename scalar_t>
