@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import optuna
-from distributed import Event, wait
+from distributed import Event, KilledWorker, wait
 from optuna.trial import TrialState
 
 from .config import DEFAULT_PAYLOAD, SweepSpec
@@ -34,6 +34,8 @@ __all__ = ["RunnerError", "SweepRunner", "RunResult", "run_sweep"]
 # Metric keys that are lists (curves) or bookkeeping, not scalar user attrs.
 _CURVES = ("test_accuracy", "train_loss")
 _SKIP = {"status", "reason"}
+# A trial killed by the restart of a worker after another trial's CUDA error is sent again at most this often.
+_MAX_RESUBMITS = 3
 
 
 class RunnerError(RuntimeError):
@@ -43,11 +45,13 @@ class RunnerError(RuntimeError):
 @dataclass
 class _InFlight:
     trial: optuna.Trial
+    config: dict
     future: object
     attempt: int
     key: str
     prune_event: str | None
     submitted_at: float
+    resubmits: int = 0  # times it was sent again after our own restart of its worker killed it
 
 
 @dataclass
@@ -86,6 +90,7 @@ class SweepRunner:
         self._trials_told = 0
         self._best: str = "-"
         self._command_of = None
+        self._restarted: set[str] = set()  # worker addresses this driver restarted after a CUDA error
 
     # ------------------------------------------------------------------------------------------ preparation
 
@@ -229,11 +234,15 @@ class SweepRunner:
             except Exception:  # a config the trainer rejects: the trial itself reports why
                 pass
         set_user_attrs(study, trial._trial_id, attrs)
+        self._submit(trial, config, attempt)
+
+    def _submit(self, trial: optuna.Trial, config: dict, attempt: int, resubmits: int = 0) -> None:
+        spec = self.spec
         key = f"{spec.name}-trial{trial.number}-{uuid.uuid4().hex[:6]}"
         prune_event = f"prune-{key}" if (self._topic and spec.pruner) else None
-        future = self.client.submit(run_trial, spec.payload, config, trial_key=key, report_topic=self._topic,
-                                    prune_event=prune_event, key=key, pure=False)
-        self._inflight[key] = _InFlight(trial, future, attempt, key, prune_event, time.time())
+        future = self.client.submit(run_trial, spec.payload, config, trial_key=key,
+                                    report_topic=self._topic, prune_event=prune_event, key=key, pure=False)
+        self._inflight[key] = _InFlight(trial, config, future, attempt, key, prune_event, time.time(), resubmits)
 
     # ------------------------------------------------------------------------------------------ results
 
@@ -267,7 +276,13 @@ class SweepRunner:
                 exc = future.exception(timeout=60)
                 reason = f"worker lost: {type(exc).__name__}: {exc}"
             except Exception as exc2:  # cancelled futures raise here
-                reason = f"worker lost: {type(exc2).__name__}: {exc2}"
+                exc, reason = exc2, f"worker lost: {type(exc2).__name__}: {exc2}"
+            if self._killed_by_our_restart(exc) and flight.resubmits < _MAX_RESUBMITS:
+                # Another trial's CUDA error made us restart the worker this one was queued or running on:
+                # not this trial's fault, so it runs again as the same trial and keeps its attempt count.
+                set_user_attrs(self.study, trial._trial_id, {"resubmitted": flight.resubmits + 1})
+                self._submit(trial, flight.config, flight.attempt, flight.resubmits + 1)
+                return
         if flight.prune_event:
             try:
                 Event(flight.prune_event, client=self.client).clear()
@@ -332,9 +347,14 @@ class SweepRunner:
             frozen = self.study._storage.get_trial(trial_id)
             self._retry_queue.append((frozen, attempt + 1))
 
+    def _killed_by_our_restart(self, exc: BaseException | None) -> bool:
+        worker = getattr(exc, "last_worker", None) if isinstance(exc, KilledWorker) else None
+        return getattr(worker, "address", None) in self._restarted
+
     def _restart_worker(self, address: str | None) -> None:
         if not address:
             return
+        self._restarted.add(address)  # before the restart: the trials it kills are known as collateral
         try:  # a CUDA error leaves the worker's context unusable: give it a fresh process
             self.client.restart_workers([address], timeout=120, raise_for_error=False)
         except Exception as exc:

@@ -15,7 +15,7 @@ from platform_helpers import states, synthetic_sweep
 
 from sweep.cluster import SweepWorkerPlugin, start_cluster
 from sweep.config import parse_sweeps
-from sweep.runner import run_sweep
+from sweep.runner import SweepRunner, run_sweep
 from sweep.study import count_trials
 
 pytestmark = pytest.mark.timeout(300)
@@ -163,6 +163,30 @@ def test_a_cuda_error_restarts_the_worker_and_gives_up_after_max_retries(client,
     client.wait_for_workers(2, timeout=60)
     pids_after = set(client.run(os.getpid).values())
     assert pids_after != pids_before, (pids_before, pids_after, story)  # the faulty workers were replaced
+
+
+def test_a_trial_killed_by_the_restart_after_another_trials_cuda_error_runs_again_as_itself(tmp_path):
+    # One worker holds two trials (one running, one prefetched): the faulty one fails at once, the healthy one
+    # starts, and the restart that clears the CUDA context kills it. That is not the healthy trial's fault.
+    url = storage(tmp_path)
+    spec = spec_of(n_trials=2, max_retries=0, epochs=8, fixed={"sleep": 0.25, "cuda_error_above": 0.5})
+    with start_cluster(n_workers=1, threads_per_worker=1, plugin=SweepWorkerPlugin(torch_threads=1),
+                       force_cpu=True, timeout=60, quiet=True) as (client, _):
+        runner = SweepRunner(spec, url, progress=False)
+        runner.prepare()
+        runner.study.enqueue_trial({"x": 0.9})  # faulty first, so the healthy one is behind it on the worker
+        runner.study.enqueue_trial({"x": 0.2})
+        result = runner.run(client)
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    story = [(t.number, t.state.name, t.params, t.user_attrs.get("resubmitted"), t.user_attrs.get("fail_reason"))
+             for t in trials]
+    assert len(trials) == 2, story  # no retry record: the healthy trial was sent again, not failed
+    faulty, healthy = sorted(trials, key=lambda t: t.params["x"], reverse=True)
+    assert faulty.state == TrialState.FAIL and "CUDA error" in faulty.user_attrs["fail_reason"], story
+    assert healthy.state == TrialState.COMPLETE and healthy.user_attrs["attempt"] == 1, story
+    assert healthy.user_attrs["resubmitted"] == 1, story  # it really was killed once by the restart
+    assert healthy.user_attrs["pid"] != faulty.user_attrs["pid"]  # and finished on the fresh process
+    assert result.counts.complete == 1 and result.counts.failed == 1 and result.counts.retried == 0
 
 
 def test_per_layer_sparsity_reaches_the_payload_as_a_list(client, tmp_path):
