@@ -2,12 +2,15 @@
 
     python benchmarks/tune.py            # times spmm over (J, P) and sddmm over slots per thread
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
+    python benchmarks/tune.py --vary SPARSELAYER_SPMM_PVALS=1,2   # every op at the defaults, per value, twice
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
 block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512),
 SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_SDDMM_FM
-(1/2: tiles from feature-major copies or not), SPARSELAYER_NO_CACHE=1 (rebuild
+(1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_UNROLL (4: the 512-thread 8-rows-per-thread
+kernel keeps v8's four entries in flight instead of two), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
+packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
 """
 
@@ -46,8 +49,40 @@ def setenv(name, value):
         os.environ[name] = str(value)
 
 
+def vary(name: str, values: list[str]) -> None:
+    """Same-run A/B of one override: each op at the defaults, per value (and unset), in two interleaved rounds."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for n_in, n_out, batch, sp in CASES:
+        crow, col, values_ = random_csr(n_out, n_in, sp, g)
+        x = torch.randn(batch, n_in, device="cuda", generator=g)
+        dy = torch.randn(batch, n_out, device="cuda", generator=g)
+        ccol, row, perm = transpose_index(crow, col, n_in)
+        xb = x.bfloat16()
+        ref = ops.spmm(crow, col, values_, x, n_out)
+        ops_ = {"spmm": lambda: ops.spmm(crow, col, values_, x, n_out),
+                "spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dy, n_in),
+                "bf16 spmm": lambda: ops.spmm(crow, col, values_, xb, n_out),
+                "sddmm": lambda: ops.sddmm(crow, col, dy, x)}
+        times = {}
+        for _ in range(2):
+            for v in [None, *values]:
+                setenv(name, v)
+                assert torch.allclose(ops.spmm(crow, col, values_, x, n_out), ref, rtol=1e-4, atol=1e-4), v
+                for op, fn in ops_.items():
+                    times.setdefault((op, v), []).append(bench(fn))
+        setenv(name, None)
+        line = [f"{n_in}x{n_out} b{batch} {sp}:"]
+        for (op, v), t in times.items():
+            line.append(f"{op} {name.removeprefix('SPARSELAYER_')}={v} " + "/".join(f"{m:.3f}" for m in t))
+        print(" | ".join(line), flush=True)
+
+
 def main():
     _cuda.ensure_loaded()
+    if "--vary" in sys.argv:
+        name, _, values = sys.argv[sys.argv.index("--vary") + 1].partition("=")
+        vary(name, values.split(","))
+        return
     g = torch.Generator(device="cuda").manual_seed(0)
     once = "--once" in sys.argv
     for n_in, n_out, batch, sp in CASES[:1] if once else CASES:

@@ -110,8 +110,9 @@ constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 // The multiply-adds of one staged panel, shared by both kernels: row group g's rows j * G + g take their nonzeros
 // sw[seg[r] - base, seg[r + 1] - base) against the staged x tiles xs (NB sub-tiles of `sub` floats). Entries past
 // `cap` (a panel with more nonzeros than were staged; n is the panel's count) come from global memory instead:
-// packed[cb + k] for the column and vals[packed_vals ? cb + k : packed[cb + k].y] for the value.
-template <int J, int NB, int G>
+// packed[cb + k] for the column and vals[packed_vals ? cb + k : packed[cb + k].y] for the value. Unroll: entries
+// of a row in flight at once (each holds 6 registers; see kUnroll512).
+template <int J, int NB, int G, int Unroll = 4>
 __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2* sw, const int* seg, int base, int n,
                                                int cap, const float* xs, int sub, int lane_bits, int g,
                                                const int2* __restrict__ packed, int cb,
@@ -121,7 +122,7 @@ __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2*
     for (int j = 0; j < J; ++j) {
       const int r = j * G + g;
       const int s = seg[r] - base, e = seg[r + 1] - base;
-#pragma unroll 4
+#pragma unroll Unroll
       for (int k = s; k < e; ++k) {
         const int2 w = sw[k];
         const float v = __int_as_float(w.y);
@@ -176,7 +177,8 @@ __device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __re
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
 // T threads per block (256, or 512 to double the warps per SM for the same rows per block).
 // In: the activations' type, float or bf16 (x and y; the values and the accumulation stay fp32).
-template <int J, int NB, int T, typename In>
+// Unroll: see multiply_panel.
+template <int J, int NB, int T, typename In, int Unroll = 4>
 __global__ void __launch_bounds__(T, (min_blocks<J, NB, T>()))
 spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
                   const In* __restrict__ x, int64_t sxb, int64_t sxc, bool vec, const float* __restrict__ xt,
@@ -237,7 +239,7 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
         load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
     }
     __syncthreads();
-    multiply_panel<J, NB, G>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb, vals, packed_vals);
+    multiply_panel<J, NB, G, Unroll>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb, vals, packed_vals);
     __syncthreads();
   }
 
@@ -354,11 +356,17 @@ struct PanelConfig {
   int J, NB, P, cap, smem;  // J: rows per block / 32
   bool db;                  // double-buffered kernel (P a power of two)
   bool fm;                  // single-buffered kernel staging x from a feature-major copy (16-byte cp.async)
+  int unroll;               // multiply_panel's Unroll for the 512-thread kernel with 8 rows per thread
   int threads;              // threads per block of the single-buffered kernel: 256, or 512 where has_wide
 };
 
 // 512-thread blocks exist for the single-buffered kernel with one batch tile and 256 or 512 rows per block.
 constexpr bool has_wide(int J, int NB) { return NB == 1 && (J == 8 || J == 16); }
+
+// The 512-thread kernel with 8 rows per thread has 64 registers (two blocks per SM), 32 of them accumulators:
+// four entries in flight spilled 184 bytes (10.2 M local loads in one 16384^2 b1024 99% forward, Nsight Compute),
+// two in flight spill 4 bytes (1.0 M): 1.27 -> 1.15 ms under ncu, 1.37 -> 1.29 ms timed (v9, tune-v9-unroll.log).
+constexpr int kUnroll512 = 2;
 
 // In: float, or bf16 for bfloat16 activations (single-buffered kernel only: choose_config never picks the
 // double-buffered one for them).
@@ -391,11 +399,19 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
   const at::Tensor& sv = pvals.defined() ? pvals : vals;
   if (c.threads == 2 * kThreads) {
     if constexpr (has_wide(J, NB)) {  // the same R rows over twice the row groups
-      allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>), x.get_device());
-      spmm_panel_kernel<J / 2, NB, 2 * kThreads, In><<<grid, 2 * kThreads, c.smem, stream>>>(
-          q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
-          xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
-          static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
+      auto launch = [&](auto kernel) {
+        allow_smem(reinterpret_cast<const void*>(kernel), x.get_device());
+        kernel<<<grid, 2 * kThreads, c.smem, stream>>>(
+            q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
+            xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+            static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
+      };
+      if constexpr (J == 16) {
+        if (c.unroll == 4) launch(spmm_panel_kernel<8, NB, 2 * kThreads, In, 4>);
+        else launch(spmm_panel_kernel<8, NB, 2 * kThreads, In, kUnroll512>);
+      } else {
+        launch(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>);
+      }
     }
   } else {
     allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads, In>), x.get_device());
@@ -469,6 +485,7 @@ PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t 
   const int db_env = env_int("SPARSELAYER_SPMM_DB");  // 1: double-buffered kernel, 2: single-buffered
   c.db = db_env == 1 ? true : db_env == 2 ? false : density >= kDbMinDensity && large && !wide_dense;
   if (bf16_act) c.NB = 1, c.db = false;  // the only bfloat16 kernels (the build stays short)
+  c.unroll = env_int("SPARSELAYER_SPMM_UNROLL") == 4 ? 4 : kUnroll512;  // 4: v8's, for A/B runs (benchmarks/tune.py)
   // x staged from a feature-major copy (16-byte cp.async, no transposing loads) where the copy pays: below 5%
   // density (above it the multiply-adds dominate each panel) with at least kFmMinUses nonzeros per column.
   const int fm_env = env_int("SPARSELAYER_SPMM_FM");  // 1: always, 2: never (x's own layout)
@@ -582,8 +599,9 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   // The values in packed order, gathered once per call: the double-buffered kernel copies them with cp.async, and
   // for spmm_t (perm: the values of a CSC position are scattered) one coalesced gather pass beats a dependent
   // random read per staged entry (v7: spmm_t at 90%, 16384^2 b1024, 12.9 ms without it vs 7.9 forward).
+  const int pvals_env = env_int("SPARSELAYER_SPMM_PVALS");  // 1: gather for every kernel, 2: only where needed
   at::Tensor pvals;
-  if (c.db || perm_in.defined()) {
+  if (c.db || perm_in.defined() || pvals_env == 1) {
     pvals = at::empty({nnz}, vals.options());
     gather_values_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const int2*>(packed.data_ptr<int32_t>()), vals.data_ptr<float>(), nnz,
