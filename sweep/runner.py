@@ -90,7 +90,8 @@ class SweepRunner:
         self._trials_told = 0
         self._best: str = "-"
         self._command_of = None
-        self._restarted: set[str] = set()  # worker addresses this driver restarted after a CUDA error
+        # worker address this driver restarted after a CUDA error -> the keys in flight at that moment
+        self._restarted: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------------------------------ preparation
 
@@ -277,7 +278,7 @@ class SweepRunner:
                 reason = f"worker lost: {type(exc).__name__}: {exc}"
             except Exception as exc2:  # cancelled futures raise here
                 exc, reason = exc2, f"worker lost: {type(exc2).__name__}: {exc2}"
-            if self._killed_by_our_restart(exc) and flight.resubmits < _MAX_RESUBMITS:
+            if self._killed_by_our_restart(exc, flight.key) and flight.resubmits < _MAX_RESUBMITS:
                 # Another trial's CUDA error made us restart the worker this one was queued or running on:
                 # not this trial's fault, so it runs again as the same trial and keeps its attempt count.
                 set_user_attrs(self.study, trial._trial_id, {"resubmitted": flight.resubmits + 1})
@@ -347,14 +348,15 @@ class SweepRunner:
             frozen = self.study._storage.get_trial(trial_id)
             self._retry_queue.append((frozen, attempt + 1))
 
-    def _killed_by_our_restart(self, exc: BaseException | None) -> bool:
+    def _killed_by_our_restart(self, exc: BaseException | None, key: str) -> bool:
         worker = getattr(exc, "last_worker", None) if isinstance(exc, KilledWorker) else None
-        return getattr(worker, "address", None) in self._restarted
+        return key in self._restarted.get(getattr(worker, "address", None), ())
 
     def _restart_worker(self, address: str | None) -> None:
         if not address:
             return
-        self._restarted.add(address)  # before the restart: the trials it kills are known as collateral
+        # Before the restart: only a trial already in flight can be killed by it (a later death is its own).
+        self._restarted[address] = set(self._inflight)
         try:  # a CUDA error leaves the worker's context unusable: give it a fresh process
             self.client.restart_workers([address], timeout=120, raise_for_error=False)
         except Exception as exc:
