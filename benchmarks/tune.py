@@ -3,6 +3,7 @@
     python benchmarks/tune.py            # times spmm over (J, P) and sddmm over slots per thread
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
     python benchmarks/tune.py --vary SPARSELAYER_SPMM_PVALS=1,2   # every op at the defaults, per value, twice
+    python benchmarks/tune.py --vary "SPARSELAYER_SPMM_NB=2 SPARSELAYER_SPMM_J=16"   # one variant of two settings
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
@@ -49,8 +50,16 @@ def setenv(name, value):
         os.environ[name] = str(value)
 
 
-def vary(name: str, values: list[str]) -> None:
-    """Same-run A/B of one override: each op at the defaults, per value (and unset), in two interleaved rounds."""
+def variants_of(spec: str) -> list[dict[str, str]]:
+    """`NAME=V1,V2` -> [{NAME: V1}, {NAME: V2}]; `A=1 B=2;C=3` -> [{A: 1, B: 2}, {C: 3}]."""
+    if ";" not in spec and " " not in spec.strip():
+        name, _, values = spec.partition("=")
+        return [{name: v} for v in values.split(",")]
+    return [dict(pair.split("=", 1) for pair in part.split()) for part in spec.split(";") if part.strip()]
+
+
+def vary(variants: list[dict[str, str]]) -> None:
+    """Same-run A/B of overrides: each op at the defaults and under each variant, in two interleaved rounds."""
     g = torch.Generator(device="cuda").manual_seed(0)
     for n_in, n_out, batch, sp in CASES:
         crow, col, values_ = random_csr(n_out, n_in, sp, g)
@@ -63,25 +72,28 @@ def vary(name: str, values: list[str]) -> None:
                 "spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dy, n_in),
                 "bf16 spmm": lambda: ops.spmm(crow, col, values_, xb, n_out),
                 "sddmm": lambda: ops.sddmm(crow, col, dy, x)}
+        names = {name for v in variants for name in v}
         times = {}
         for _ in range(2):
-            for v in [None, *values]:
-                setenv(name, v)
+            for v in [{}, *variants]:
+                for name in names:
+                    setenv(name, v.get(name))
                 assert torch.allclose(ops.spmm(crow, col, values_, x, n_out), ref, rtol=1e-4, atol=1e-4), v
+                label = " ".join(f"{k.removeprefix('SPARSELAYER_')}={val}" for k, val in v.items()) or "defaults"
                 for op, fn in ops_.items():
-                    times.setdefault((op, v), []).append(bench(fn))
-        setenv(name, None)
+                    times.setdefault((op, label), []).append(bench(fn))
+        for name in names:
+            setenv(name, None)
         line = [f"{n_in}x{n_out} b{batch} {sp}:"]
-        for (op, v), t in times.items():
-            line.append(f"{op} {name.removeprefix('SPARSELAYER_')}={v} " + "/".join(f"{m:.3f}" for m in t))
+        for (op, label), t in times.items():
+            line.append(f"{op} {label} " + "/".join(f"{m:.3f}" for m in t))
         print(" | ".join(line), flush=True)
 
 
 def main():
     _cuda.ensure_loaded()
     if "--vary" in sys.argv:
-        name, _, values = sys.argv[sys.argv.index("--vary") + 1].partition("=")
-        vary(name, values.split(","))
+        vary(variants_of(sys.argv[sys.argv.index("--vary") + 1]))
         return
     g = torch.Generator(device="cuda").manual_seed(0)
     once = "--once" in sys.argv
