@@ -266,6 +266,11 @@ class SweepRunner:
     def _finish(self, flight: _InFlight) -> None:
         future, trial = flight.future, flight.trial
         self._trials_told += 1
+        if flight.prune_event:
+            try:
+                Event(flight.prune_event, client=self.client).clear()
+            except Exception:
+                pass
         result = None
         if future.status == "finished":
             try:
@@ -284,11 +289,6 @@ class SweepRunner:
                 set_user_attrs(self.study, trial._trial_id, {"resubmitted": flight.resubmits + 1})
                 self._submit(trial, flight.config, flight.attempt, flight.resubmits + 1)
                 return
-        if flight.prune_event:
-            try:
-                Event(flight.prune_event, client=self.client).clear()
-            except Exception:
-                pass
         if result is None:
             self._fail_infra(trial._trial_id, trial.number, flight.attempt, reason, params=trial.params)
             return
