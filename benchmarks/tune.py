@@ -9,8 +9,7 @@ Overrides are environment variables read by the kernels' launchers: SPARSELAYER_
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
 block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512),
 SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_SDDMM_FM
-(1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_UNROLL (4: the 512-thread 8-rows-per-thread
-kernel keeps v8's four entries in flight instead of two), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
+(1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
 packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
 """

@@ -107,12 +107,19 @@ pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ p
 template <int J, int NB, int T>
 constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 
+// Entries of a row multiplied in flight at once. The 512-thread kernel with 8 rows per thread has 64 registers (two
+// blocks per SM), 32 of them accumulators: four in flight spilled 184 bytes (10.2 M local loads in one 16384^2
+// b1024 99% forward, Nsight Compute), two spill 4 bytes (1.0 M): 1.27 -> 1.15 ms under ncu, 1.37 -> 1.29 ms timed
+// (v9, benchmarks/results/history/tune-v9-unroll.log).
+template <int J, int T>
+__host__ __device__ constexpr int entries_in_flight() { return T > kThreads && J >= 8 ? 2 : 4; }
+
 // The multiply-adds of one staged panel, shared by both kernels: row group g's rows j * G + g take their nonzeros
 // sw[seg[r] - base, seg[r + 1] - base) against the staged x tiles xs (NB sub-tiles of `sub` floats). Entries past
 // `cap` (a panel with more nonzeros than were staged; n is the panel's count) come from global memory instead:
 // packed[cb + k] for the column and vals[packed_vals ? cb + k : packed[cb + k].y] for the value. Unroll: entries
-// of a row in flight at once (each holds 6 registers; see kUnroll512).
-template <int J, int NB, int G, int Unroll = 4>
+// of a row in flight at once (each holds 6 registers; see entries_in_flight).
+template <int J, int NB, int G, int Unroll>
 __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2* sw, const int* seg, int base, int n,
                                                int cap, const float* xs, int sub, int lane_bits, int g,
                                                const int2* __restrict__ packed, int cb,
@@ -177,8 +184,7 @@ __device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __re
 // so one staged nonzero feeds 4 NB multiply-adds (NB = 2 halves the instructions per multiply-add).
 // T threads per block (256, or 512 to double the warps per SM for the same rows per block).
 // In: the activations' type, float or bf16 (x and y; the values and the accumulation stay fp32).
-// Unroll: see multiply_panel.
-template <int J, int NB, int T, typename In, int Unroll = 4>
+template <int J, int NB, int T, typename In>
 __global__ void __launch_bounds__(T, (min_blocks<J, NB, T>()))
 spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
                   const In* __restrict__ x, int64_t sxb, int64_t sxc, bool vec, const float* __restrict__ xt,
@@ -239,7 +245,8 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
         load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
     }
     __syncthreads();
-    multiply_panel<J, NB, G, Unroll>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb, vals, packed_vals);
+    multiply_panel<J, NB, G, entries_in_flight<J, T>()>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb,
+                                                        vals, packed_vals);
     __syncthreads();
   }
 
@@ -330,7 +337,7 @@ spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ pac
     const int2* sw = reinterpret_cast<const int2*>(xs + NB * sub);
     const int* seg = reinterpret_cast<const int*>(sw + cap);
     const int cb = seg[0], n = seg[R] - cb;  // this panel's chunk: packed[cb, cb + n)
-    multiply_panel<J, NB, G>(acc, sw, seg, cb, n, cap, xs, sub, lane_bits, g, packed, cb, pvals, true);
+    multiply_panel<J, NB, G, 4>(acc, sw, seg, cb, n, cap, xs, sub, lane_bits, g, packed, cb, pvals, true);
     __syncthreads();  // stage p & 1 is refilled with panel p + 2 next
   }
 
@@ -356,17 +363,11 @@ struct PanelConfig {
   int J, NB, P, cap, smem;  // J: rows per block / 32
   bool db;                  // double-buffered kernel (P a power of two)
   bool fm;                  // single-buffered kernel staging x from a feature-major copy (16-byte cp.async)
-  int unroll;               // multiply_panel's Unroll for the 512-thread kernel with 8 rows per thread
   int threads;              // threads per block of the single-buffered kernel: 256, or 512 where has_wide
 };
 
 // 512-thread blocks exist for the single-buffered kernel with one batch tile and 256 or 512 rows per block.
 constexpr bool has_wide(int J, int NB) { return NB == 1 && (J == 8 || J == 16); }
-
-// The 512-thread kernel with 8 rows per thread has 64 registers (two blocks per SM), 32 of them accumulators:
-// four entries in flight spilled 184 bytes (10.2 M local loads in one 16384^2 b1024 99% forward, Nsight Compute),
-// two in flight spill 4 bytes (1.0 M): 1.27 -> 1.15 ms under ncu, 1.37 -> 1.29 ms timed (v9, tune-v9-unroll.log).
-constexpr int kUnroll512 = 2;
 
 // In: float, or bf16 for bfloat16 activations (single-buffered kernel only: choose_config never picks the
 // double-buffered one for them).
@@ -399,19 +400,11 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
   const at::Tensor& sv = pvals.defined() ? pvals : vals;
   if (c.threads == 2 * kThreads) {
     if constexpr (has_wide(J, NB)) {  // the same R rows over twice the row groups
-      auto launch = [&](auto kernel) {
-        allow_smem(reinterpret_cast<const void*>(kernel), x.get_device());
-        kernel<<<grid, 2 * kThreads, c.smem, stream>>>(
-            q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
-            xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
-            static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
-      };
-      if constexpr (J == 16) {
-        if (c.unroll == 4) launch(spmm_panel_kernel<8, NB, 2 * kThreads, In, 4>);
-        else launch(spmm_panel_kernel<8, NB, 2 * kThreads, In, kUnroll512>);
-      } else {
-        launch(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>);
-      }
+      allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>), x.get_device());
+      spmm_panel_kernel<J / 2, NB, 2 * kThreads, In><<<grid, 2 * kThreads, c.smem, stream>>>(
+          q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
+          xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+          static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
     }
   } else {
     allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads, In>), x.get_device());
@@ -485,7 +478,6 @@ PanelConfig choose_config(int64_t n_out, int64_t n_cols, int64_t batch, int64_t 
   const int db_env = env_int("SPARSELAYER_SPMM_DB");  // 1: double-buffered kernel, 2: single-buffered
   c.db = db_env == 1 ? true : db_env == 2 ? false : density >= kDbMinDensity && large && !wide_dense;
   if (bf16_act) c.NB = 1, c.db = false;  // the only bfloat16 kernels (the build stays short)
-  c.unroll = env_int("SPARSELAYER_SPMM_UNROLL") == 4 ? 4 : kUnroll512;  // 4: v8's, for A/B runs (benchmarks/tune.py)
   // x staged from a feature-major copy (16-byte cp.async, no transposing loads) where the copy pays: below 5%
   // density (above it the multiply-adds dominate each panel) with at least kFmMinUses nonzeros per column.
   const int fm_env = env_int("SPARSELAYER_SPMM_FM");  // 1: always, 2: never (x's own layout)

@@ -256,10 +256,6 @@ KERNEL_VARIANTS = {
     "feature-major-staging-two-batch-tiles": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
                                               "SPARSELAYER_SPMM_NB": "2"},
     "row-major-staging": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
-    # v8's four entries in flight in the 512-thread 8-rows-per-thread kernel (v9 keeps two)
-    "512-threads-four-in-flight": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
-                                   "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "16",
-                                   "SPARSELAYER_SPMM_UNROLL": "4"},
 }
 
 
