@@ -1,14 +1,15 @@
 """Tuning sweep for the CUDA kernels' tile shapes (developer tool; the shipped defaults come from its results).
 
-    python benchmarks/tune.py            # times spmm over (J, P) and sddmm over slots per thread
+    python benchmarks/tune.py            # times spmm over (J, P) and sddmm over threads and staging
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
     python benchmarks/tune.py --vary SPARSELAYER_SPMM_PVALS=1,2   # every op at the defaults, per value, twice
     python benchmarks/tune.py --vary "SPARSELAYER_SPMM_NB=2 SPARSELAYER_SPMM_J=16"   # one variant of two settings
+    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_T=256,512 --ops sddmm   # only some ops (spmm, spmm_t, bf16 spmm, sddmm)
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
 block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per block of the single-buffered kernel: 256 or 512),
-SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_SLOTS (8 or 16), SPARSELAYER_SDDMM_T (512: 512 threads with 8 slots each), SPARSELAYER_SDDMM_FM
+SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_T (256 or 512 threads of 8 slots), SPARSELAYER_SDDMM_P (tile columns), SPARSELAYER_SDDMM_FM
 (1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
 packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call).
@@ -38,8 +39,8 @@ SPMM = [  # DB, NB, J, P, T, FM (None: the launcher's default)
 ]
 SPMM_VARS = ("SPARSELAYER_SPMM_DB", "SPARSELAYER_SPMM_NB", "SPARSELAYER_SPMM_J", "SPARSELAYER_SPMM_P",
              "SPARSELAYER_SPMM_T", "SPARSELAYER_SPMM_FM")
-SDDMM = [(None, None, None), (None, None, 1), (None, None, 2), (16, 256, 1), (8, 512, 1), (8, 512, 2)]
-# slots per thread, threads per block, FM (1: tiles from feature-major copies, 2: from the operands' own layouts)
+SDDMM = [(None, None), (None, 1), (None, 2), (256, None), (512, None), (512, 2)]
+# threads per block, FM (1: tiles from feature-major copies, 2: from the operands' own layouts)
 
 
 def setenv(name, value):
@@ -57,8 +58,9 @@ def variants_of(spec: str) -> list[dict[str, str]]:
     return [dict(pair.split("=", 1) for pair in part.split()) for part in spec.split(";") if part.strip()]
 
 
-def vary(variants: list[dict[str, str]]) -> None:
-    """Same-run A/B of overrides: each op at the defaults and under each variant, in two interleaved rounds."""
+def vary(variants: list[dict[str, str]], only: set[str] | None = None) -> None:
+    """Same-run A/B of overrides: each op (or those in `only`) at the defaults and under each variant, in two
+    interleaved rounds."""
     g = torch.Generator(device="cuda").manual_seed(0)
     for n_in, n_out, batch, sp in CASES:
         crow, col, values_ = random_csr(n_out, n_in, sp, g)
@@ -71,6 +73,7 @@ def vary(variants: list[dict[str, str]]) -> None:
                 "spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dy, n_in),
                 "bf16 spmm": lambda: ops.spmm(crow, col, values_, xb, n_out),
                 "sddmm": lambda: ops.sddmm(crow, col, dy, x)}
+        ops_ = {name: fn for name, fn in ops_.items() if only is None or name in only}
         names = {name for v in variants for name in v}
         times = {}
         for _ in range(2):
@@ -92,7 +95,8 @@ def vary(variants: list[dict[str, str]]) -> None:
 def main():
     _cuda.ensure_loaded()
     if "--vary" in sys.argv:
-        vary(variants_of(sys.argv[sys.argv.index("--vary") + 1]))
+        only = set(sys.argv[sys.argv.index("--ops") + 1].split(",")) if "--ops" in sys.argv else None
+        vary(variants_of(sys.argv[sys.argv.index("--vary") + 1]), only)
         return
     g = torch.Generator(device="cuda").manual_seed(0)
     once = "--once" in sys.argv
@@ -123,13 +127,12 @@ def main():
         for name in SPMM_VARS:
             setenv(name, None)
         ref_sd = ops.sddmm(crow, col, dy, x)
-        for slots, threads, fm in SDDMM:
-            setenv("SPARSELAYER_SDDMM_SLOTS", slots)
+        for threads, fm in SDDMM:
             setenv("SPARSELAYER_SDDMM_T", threads)
             setenv("SPARSELAYER_SDDMM_FM", fm)
-            assert torch.allclose(ops.sddmm(crow, col, dy, x), ref_sd, rtol=1e-4, atol=1e-3), slots
-            line.append(f"sddmm S{slots}/T{threads}/FM{fm} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
-        for name in ("SPARSELAYER_SDDMM_SLOTS", "SPARSELAYER_SDDMM_T", "SPARSELAYER_SDDMM_FM"):
+            assert torch.allclose(ops.sddmm(crow, col, dy, x), ref_sd, rtol=1e-4, atol=1e-3), threads
+            line.append(f"sddmm T{threads}/FM{fm} {bench(lambda: ops.sddmm(crow, col, dy, x)):.3f}")
+        for name in ("SPARSELAYER_SDDMM_T", "SPARSELAYER_SDDMM_FM"):
             setenv(name, None)
         print(" | ".join(line), flush=True)
 

@@ -2,8 +2,8 @@
 //
 // fp32: one block owns a tile of W (R rows x P columns) and streams the whole batch through it 32 rows at
 // a time: per batch tile it stages grad_y[b-tile, R rows] and x[b-tile, P columns] in shared memory (read
-// from their own (batch, n) layouts), and each thread keeps running sums for up to kSlots nonzeros of the
-// tile, one nonzero per thread and slot, summing 32 batch values per tile from the two staged columns. A
+// from their own (batch, n) layouts), and each thread keeps running sums for kSlotsPerThread consecutive
+// nonzeros of the tile (its slots), summing 32 batch values per tile from the two staged columns. A
 // staged x column serves every nonzero of the tile in that column (R * density on average), a staged
 // grad_y column every nonzero in that row (P * density): R and P are sized from the density so that a tile
 // holds about as many nonzeros as there are slots. Lanes read the 8 chunks of a staged column starting at
@@ -11,10 +11,10 @@
 // On large matrices both operands are first copied feature-major (feature_major), so a tile column is 128
 // contiguous bytes and the tiles arrive by 16-byte cp.async copies instead of transposing loads (v8: the
 // staging was about half the kernel's instructions). Where the matrix gives too few tiles to fill the GPU,
-// the batch is split across blocks and the per-split
-// sums are added afterwards in split order. Each nonzero is summed in a fixed order: deterministic, no
-// atomics. Measured limits (benchmarks/README.md): shared-memory reads (8 bytes per multiply-add) and one
-// block per SM, so tile loads and compute alternate.
+// the batch is split across blocks and the per-split sums are added afterwards in split order. Each nonzero
+// is summed in a fixed order: deterministic, no atomics. Measured limits (benchmarks/README.md): shared-memory
+// reads (about 4 bytes per multiply-add, plus the staging writes), and tile loads that alternate with compute
+// within a block (two blocks per SM at 256 threads overlap them).
 // bfloat16 activations are converted to fp32 as they are staged (or copied); the sums are fp32 as always.
 // fp64: one thread per nonzero, a plain loop over the batch.
 #include "common.cuh"
@@ -29,11 +29,16 @@ namespace {
 
 constexpr int kMaxTile = 1024;  // R, P <= kMaxTile (R fits 16 bits in the packed slot)
 constexpr int kFmMinStagings = 4;
+constexpr int kSlotsPerThread = 8;  // (16 at 256 threads: 166 registers, one block per SM, slower)
 
-// T threads per block: 512 threads with 8 slots each hold the same 4096 slots as 256 with 16, at twice the warps.
+// T threads per block of kSlotsPerThread slots: 512 (4096 slots, one block per SM) or 256 (two blocks per SM).
 // In: the activations' type (float, or bf16: converted while staged; the sums and the output stay fp32).
-template <int kSlotsPerThread, int T, typename In>
-__global__ void __launch_bounds__(T, kSlotsPerThread <= 8 && T == kThreads ? 2 : 1)
+// A thread's slots are consecutive nonzeros of the tile (row-major), so a run of them in one row reads that
+// row's grad_y column from shared memory once per batch tile and keeps it in registers: about 4 + 4 / (run
+// length) bytes of shared reads per multiply-add instead of 8 (v8 gave thread t the slots m * T + t). The
+// slots' columns and rows stay in registers too, so shared memory holds only the two tiles and the segments.
+template <int T, typename In>
+__global__ void __launch_bounds__(T, T == kThreads ? 2 : 1)
 sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ col,
                   const In* __restrict__ dy, int64_t sdb, int64_t sdc, bool dvec,
                   const In* __restrict__ x, int64_t sxb, int64_t sxc, bool xvec,
@@ -44,9 +49,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);                 // [P][32]
   float* ds = xs + P * kBt;                                    // [R][32]
-  int* slot_k = reinterpret_cast<int*>(ds + R * kBt);          // [kSlots] nonzero position
-  int* slot_rc = slot_k + kSlots;                              // [kSlots] (column << 16) | row, tile-local
-  int* start = slot_rc + kSlots;                               // [R] segment start of each row
+  int* start = reinterpret_cast<int*>(ds + R * kBt);           // [R] segment start of each row
   int* off = start + R;                                        // [R + 1] exclusive scan of segment lengths
   int* warp_sum = off + R + 1;                                 // [T / 32]
 
@@ -110,26 +113,39 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
   const int S = off[R];
 
   for (int base = 0; base < S; base += kSlots) {
-    for (int q = tid; q < kSlots; q += T) {
-      const int s = base + q;
-      if (s < S) {
-        int lo = 0, hi = R - 1;  // the row r with off[r] <= s < off[r + 1]
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (off[mid] <= s) lo = mid; else hi = mid - 1;
+    const int first = base + tid * kSlotsPerThread;
+    const int count = max(0, min(kSlotsPerThread, S - first));
+    int rc[kSlotsPerThread];  // (column << 16) | row, tile-local
+    unsigned fresh = 0;       // bit m: slot m starts a run of this thread's slots in one row
+    if (count > 0) {
+      int row = 0, hi = R - 1;  // the row with off[row] <= first < off[row + 1]
+      while (row < hi) {
+        const int mid = (row + hi + 1) >> 1;
+        if (off[mid] <= first) row = mid; else hi = mid - 1;
+      }
+      int prev = -1;
+#pragma unroll
+      for (int m = 0; m < kSlotsPerThread; ++m) {
+        rc[m] = 0;
+        if (m < count) {
+          const int s = first + m;
+          while (off[row + 1] <= s) ++row;
+          const int k = start[row] + (s - off[row]);
+          rc[m] = ((static_cast<int>(col[k]) - c0) << 16) | row;
+          if (row != prev) fresh |= 1u << m;
+          prev = row;
         }
-        const int k = start[lo] + (s - off[lo]);
-        slot_k[q] = k;
-        slot_rc[q] = ((static_cast<int>(col[k]) - c0) << 16) | lo;
       }
     }
     float acc[kSlotsPerThread];
 #pragma unroll
     for (int m = 0; m < kSlotsPerThread; ++m) acc[m] = 0.f;
-    __syncthreads();
+    float4 d[8];  // this lane's rotated chunks of the current row's grad_y column
+#pragma unroll
+    for (int t = 0; t < 8; ++t) d[t] = make_float4(0.f, 0.f, 0.f, 0.f);
 
     for (int b0 = b_begin; b0 < b_end; b0 += kBt) {
-      if (xt) {  // feature-major copies: 16-byte copies, no transpose
+      if (xt) {
         copy_tile_plain<T>(xs, xt, ldxt, b_end, n_in, b0, c0, P);
         copy_tile_plain<T>(ds, dyt, lddt, b_end, n_out, b0, o0, R);
         cp_async_commit();
@@ -141,20 +157,21 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
       __syncthreads();
 #pragma unroll
       for (int m = 0; m < kSlotsPerThread; ++m) {
-        const int q = m * T + tid;
-        if (base + q < S) {
-          const int rc = slot_rc[q];
-          const float4* xc = reinterpret_cast<const float4*>(xs + (rc >> 16) * kBt);
-          const float4* dc = reinterpret_cast<const float4*>(ds + (rc & 0xffff) * kBt);
+        if (m < count) {
+          if ((fresh >> m) & 1u) {
+            const float4* dc = reinterpret_cast<const float4*>(ds + (rc[m] & 0xffff) * kBt);
+#pragma unroll
+            for (int t = 0; t < 8; ++t) d[t] = dc[(t + lane) & 7];
+          }
+          const float4* xc = reinterpret_cast<const float4*>(xs + (rc[m] >> 16) * kBt);
           float a = acc[m];
 #pragma unroll
           for (int t = 0; t < 8; ++t) {
-            const int ch = (t + lane) & 7;  // lanes of an 8-lane phase read 8 distinct bank quads
-            const float4 u = xc[ch], w = dc[ch];
-            a = fmaf(u.x, w.x, a);
-            a = fmaf(u.y, w.y, a);
-            a = fmaf(u.z, w.z, a);
-            a = fmaf(u.w, w.w, a);
+            const float4 u = xc[(t + lane) & 7];  // lanes of an 8-lane phase read 8 distinct bank quads
+            a = fmaf(u.x, d[t].x, a);
+            a = fmaf(u.y, d[t].y, a);
+            a = fmaf(u.z, d[t].z, a);
+            a = fmaf(u.w, d[t].w, a);
           }
           acc[m] = a;
         }
@@ -164,10 +181,11 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
 
 #pragma unroll
     for (int m = 0; m < kSlotsPerThread; ++m) {
-      const int q = m * T + tid;
-      if (base + q < S) out[slot_k[q]] = acc[m];
+      if (m < count) {
+        const int row = rc[m] & 0xffff;
+        out[start[row] + (first + m - off[row])] = acc[m];
+      }
     }
-    __syncthreads();  // the slot arrays are rewritten by the next pass
   }
 }
 
@@ -201,13 +219,13 @@ __global__ void sddmm_simple_kernel(const int64_t* __restrict__ crow, const int6
 
 int round32(double v) { return std::max(32, static_cast<int>(v / 32.0) * 32); }
 
-// Sizes the tile for S slots per thread, launches the tile kernel; target receives the per-split sums.
-template <int S, int T, typename In>
+// Sizes the tile for T threads of kSlotsPerThread slots, launches the tile kernel; target receives the per-split sums.
+template <int T, typename In>
 void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
                   const at::Tensor& out, int64_t nnz, int device, cudaStream_t stream, int64_t& splits_out,
                   at::Tensor& target) {
   // Tile of about 3/4 kSlots nonzeros on average; square where the matrix allows.
-  constexpr int kSlots = T * S;
+  constexpr int kSlots = T * kSlotsPerThread;
   const double density = static_cast<double>(nnz) / (static_cast<double>(crow.numel() - 1) * x.size(1));
   const double area = 0.75 * kSlots / density;
   const int rows32 = static_cast<int>(std::min<int64_t>((crow.numel() - 1 + 31) / 32 * 32, kMaxTile));
@@ -215,7 +233,12 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   int R = std::min(rows32, round32(std::sqrt(area)));
   int P = std::min(cols32, round32(area / R));
   R = std::min(rows32, round32(area / P));  // grow R again if P was capped by n_in
-  const int fixed = 2 * kSlots * 4 + 8 * T / 32 + 16;
+  const int p_env = env_int("SPARSELAYER_SDDMM_P");  // tuning override: the tile's columns (R follows)
+  if (p_env >= 32) {
+    P = std::min(cols32, p_env / 32 * 32);
+    R = std::min(rows32, round32(area / P));
+  }
+  const int fixed = 8 * T / 32 + 16;
   auto smem_of = [&](int r, int p) { return (r + p) * kBt * 4 + 8 * r + 4 + fixed; };
   const int limit = max_smem_optin(device);
   while (smem_of(R, P) > limit) {
@@ -227,7 +250,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const at::Tensor pp = cached_layout("sddmm_pp", {crow, col}, {n_out, n_in, P, 0}, [&]() {
     return std::vector<at::Tensor>{panel_pointers(crow, col, n_out, n_in, P)};
   })[0];
-  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<S, T, In>), device);
+  allow_smem(reinterpret_cast<const void*>(sddmm_tile_kernel<T, In>), device);
   const int64_t tiles_r = (n_out + R - 1) / R, tiles_c = (n_in + P - 1) / P;
   // Stage the tiles from feature-major copies of x and grad_y (16-byte cp.async copies, no transposing loads)
   // where each operand is staged at least kFmMinStagings times, so that the two copies pay for themselves
@@ -246,7 +269,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
   splits_out = splits;
   const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(tiles_c), static_cast<unsigned>(splits));
-  sddmm_tile_kernel<S, T, In><<<grid, T, smem, stream>>>(
+  sddmm_tile_kernel<T, In><<<grid, T, smem, stream>>>(
       pp.data_ptr<int32_t>(), col.data_ptr<int64_t>(), reinterpret_cast<const In*>(grad_y.const_data_ptr()),
       grad_y.stride(0), grad_y.stride(1), can_vectorise(grad_y), reinterpret_cast<const In*>(x.const_data_ptr()),
       x.stride(0), x.stride(1), can_vectorise(x), dyt.defined() ? dyt.data_ptr<float>() : nullptr,
@@ -295,20 +318,19 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
 
   int64_t splits_out = 1;
   at::Tensor target;
-  // Below 5% density 512 threads with 8 slots each (same tile, twice the warps), measured on an H100
-  // (benchmarks/results/history/tune-v7c.log): 16384^2 b1024 2.54 -> 2.44 ms at 99%, 5.39 -> 4.90 at 97%; slower
-  // at 90% (11.5 -> 13.7). Tuning overrides (benchmarks/tune.py): SPARSELAYER_SDDMM_SLOTS 8 or 16 (256 threads),
-  // SPARSELAYER_SDDMM_T 256 or 512.
+  // 512 threads (16 warps, one block per SM) below 5% density on matrices under 2^26 entries, else 256 (two blocks
+  // per SM, so one block's tile loads overlap the other's multiply-adds), 8 slots per thread either way. Measured
+  // on an H100 (benchmarks/results/history/tune-v10-sddmm.log), ms 512 -> 256 threads: 16384^2 b1024 99% 1.47 ->
+  // 1.29, 97% 3.11 -> 3.08, 90% 10.4 -> 8.29; 4096^2 b4096 99% 0.50 -> 0.53, 97% 0.97 -> 1.14.
+  // Tuning overrides (benchmarks/tune.py): SPARSELAYER_SDDMM_T 256 or 512, SPARSELAYER_SDDMM_P (tile columns).
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
-  const int slots_per_thread = env_int("SPARSELAYER_SDDMM_SLOTS") == 8 ? 8 : 16;
   const int t_env = env_int("SPARSELAYER_SDDMM_T");
-  const bool wide = t_env == 512 || (t_env != 256 && env_int("SPARSELAYER_SDDMM_SLOTS") == 0 && density < 0.05);
+  const bool wide = t_env == 512 ||
+                    (t_env != 256 && density < 0.05 && static_cast<double>(n_out) * n_in < static_cast<double>(1 << 26));
   auto launch = [&](auto in) {
     using In = decltype(in);
-    if (wide) launch_tiles<8, 2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-    else if (slots_per_thread == 8)
-      launch_tiles<8, kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-    else launch_tiles<16, kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+    if (wide) launch_tiles<2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+    else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   };
   if (bf16_act) launch(bf16{});
   else launch(float{});

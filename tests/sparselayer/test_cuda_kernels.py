@@ -280,13 +280,13 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
-# Every fp32 sddmm kernel, whatever the default picks: 256 threads with 16 or 8 slots each, 512 threads with 8,
-# tiles staged from feature-major copies or from the operands' own layouts.
-SDDMM_VARIANTS = {"16-slots": {"SPARSELAYER_SDDMM_T": "256"}, "8-slots": {"SPARSELAYER_SDDMM_SLOTS": "8"},
-                  "512-threads": {"SPARSELAYER_SDDMM_T": "512"},
+# Every fp32 sddmm kernel, whatever the default picks: 256 or 512 threads, tiles staged from feature-major copies
+# or from the operands' own layouts, wide and short tiles (long runs of a thread's slots in one row) or narrow ones.
+SDDMM_VARIANTS = {"256-threads": {"SPARSELAYER_SDDMM_T": "256"}, "512-threads": {"SPARSELAYER_SDDMM_T": "512"},
                   "feature-major-staging": {"SPARSELAYER_SDDMM_FM": "1"},
                   "feature-major-staging-512-threads": {"SPARSELAYER_SDDMM_FM": "1", "SPARSELAYER_SDDMM_T": "512"},
-                  "row-major-staging": {"SPARSELAYER_SDDMM_FM": "2"}}
+                  "row-major-staging": {"SPARSELAYER_SDDMM_FM": "2"},
+                  "wide-tiles": {"SPARSELAYER_SDDMM_P": "1024"}, "narrow-tiles": {"SPARSELAYER_SDDMM_P": "32"}}
 
 
 @pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))
