@@ -93,7 +93,7 @@ pack_panels_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ p
         const int64_t k = start[u] + t;
         const int src = perm ? static_cast<int>(perm[k]) : static_cast<int>(k);
         const int c = static_cast<int>(idx[k]) - c0;  // column within the panel -> its swizzled tile offset
-        packed[dest + t] = make_int2(c * kBt + (((c >> 2) & 7) << 2), src);
+        packed[dest + t] = make_int2(4 * (c * kBt + (((c >> 2) & 7) << 2)), src);  // in bytes
       }
       dest += len[u];
     }
@@ -114,6 +114,12 @@ constexpr int min_blocks() { return T > kThreads ? 2 : (J * NB >= 16 ? 2 : 3); }
 template <int J, int T>
 __host__ __device__ constexpr int entries_in_flight() { return T > kThreads && J >= 8 ? 2 : 4; }
 
+// p advanced by `bytes` bytes: the packed entries hold byte offsets, so an entry's x chunk is addressed with one
+// XOR (and the load's register + uniform-register addressing), no shift.
+__device__ __forceinline__ const float* byte_offset(const float* p, int bytes) {
+  return reinterpret_cast<const float*>(reinterpret_cast<const char*>(p) + bytes);
+}
+
 // The multiply-adds of one staged panel, shared by both kernels: row group g's rows j * G + g take their nonzeros
 // sw[seg[r] - base, seg[r + 1] - base) against the staged x tiles xs (NB sub-tiles of `sub` floats). Entries past
 // `cap` (a panel with more nonzeros than were staged; n is the panel's count) come from global memory instead:
@@ -121,7 +127,7 @@ __host__ __device__ constexpr int entries_in_flight() { return T > kThreads && J
 // of a row in flight at once (each holds 6 registers; see entries_in_flight).
 template <int J, int NB, int G, int Unroll>
 __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2* sw, const int* seg, int base, int n,
-                                               int cap, const float* xs, int sub, int lane_bits, int g,
+                                               int cap, const float* xs, int sub, int lane_bytes, int g,
                                                const int2* __restrict__ packed, int cb,
                                                const float* __restrict__ vals, bool packed_vals) {
   if (n <= cap) {  // block-uniform: every nonzero of the panel is staged
@@ -133,7 +139,7 @@ __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2*
       for (int k = s; k < e; ++k) {
         const int2 w = sw[k];
         const float v = __int_as_float(w.y);
-        const float* xc = xs + (w.x ^ lane_bits);
+        const float* xc = byte_offset(xs, w.x ^ lane_bytes);
 #pragma unroll
         for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
       }
@@ -153,7 +159,7 @@ __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2*
         w.y = __float_as_int(__ldg(vals + (packed_vals ? cb + k : w.y)));
       }
       const float v = __int_as_float(w.y);
-      const float* xc = xs + (w.x ^ lane_bits);
+      const float* xc = byte_offset(xs, w.x ^ lane_bytes);
 #pragma unroll
       for (int h = 0; h < NB; ++h) fma4(acc[j][h], v, *reinterpret_cast<const float4*>(xc + h * sub));
     }
@@ -198,7 +204,7 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
   int* seg = reinterpret_cast<int*>(sw + cap);              // [R + 1] row segments, relative to the chunk
   const int tid = threadIdx.x, g = tid / kLanes, l = tid % kLanes;
   const int b0 = blockIdx.y * kBt * NB;
-  const int lane_bits = l << 2;  // swizzled_chunk(c, l) == packed column offset ^ (l << 2)
+  const int lane_bytes = l << 4;  // 4 * swizzled_chunk(c, l) == packed byte offset ^ (l << 4)
   const int sub = P * kBt;       // floats per sub-tile
   constexpr int U = T > kThreads ? 2 : 4;  // loads in flight per thread while staging (the same per block)
 
@@ -245,7 +251,7 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
         load_tile_swizzled<U, T>(xs + h * sub, x, sxb, sxc, vec, batch, n_cols, b0 + h * kBt, c0, P);
     }
     __syncthreads();
-    multiply_panel<J, NB, G, entries_in_flight<J, T>()>(acc, sw, seg, 0, n, cap, xs, sub, lane_bits, g, packed, cb,
+    multiply_panel<J, NB, G, entries_in_flight<J, T>()>(acc, sw, seg, 0, n, cap, xs, sub, lane_bytes, g, packed, cb,
                                                         vals, packed_vals);
     __syncthreads();
   }
@@ -285,7 +291,7 @@ spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ pac
   const int tid = threadIdx.x, g = tid / kLanes, l = tid % kLanes;
   const int warp = tid >> 5, lane = tid & 31;
   const int b0 = blockIdx.y * kBt * NB;
-  const int lane_bits = l << 2;
+  const int lane_bytes = l << 4;
   const int32_t* qblock = q + static_cast<int64_t>(blockIdx.x) * n_panels * R;
 
   auto stage = [&](int p, int s) {
@@ -337,7 +343,7 @@ spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ pac
     const int2* sw = reinterpret_cast<const int2*>(xs + NB * sub);
     const int* seg = reinterpret_cast<const int*>(sw + cap);
     const int cb = seg[0], n = seg[R] - cb;  // this panel's chunk: packed[cb, cb + n)
-    multiply_panel<J, NB, G, 4>(acc, sw, seg, cb, n, cap, xs, sub, lane_bits, g, packed, cb, pvals, true);
+    multiply_panel<J, NB, G, 4>(acc, sw, seg, cb, n, cap, xs, sub, lane_bytes, g, packed, cb, pvals, true);
     __syncthreads();  // stage p & 1 is refilled with panel p + 2 next
   }
 
