@@ -7,9 +7,9 @@
 // tile, one float4 shared-memory read per nonzero and tile. Staging x pays when the block's rows reuse a
 // column, R * density times on average, so R grows to 512 (the accumulators, 4 J NB registers per thread,
 // bound it). The nonzeros are packed (pack_panels_kernel, once per topology: cache.cu) in (row block, panel,
-// row) order as (swizzled column offset, value position) pairs, so a block stages a panel's nonzeros with one
-// coalesced copy instead of chasing each row's segment through global memory (a chain of dependent loads
-// that made the first version latency-bound); the value position is k, or perm[k] for spmm_t, and the values
+// row) order as (byte offset of the column in the swizzled x tile, value position) pairs, so a block stages a
+// panel's nonzeros with one coalesced copy instead of chasing each row's segment through global memory (a chain of
+// dependent loads that made the first version latency-bound); the value position is k, or perm[k] for spmm_t, and the values
 // are read through it every call. Two variants: spmm_panel_kernel stages each panel then computes it;
 // spmm_panel_db_kernel fetches panel p + 1 with cp.async while computing panel p (faster at 90%, slower at
 // 97-99%: benchmarks/kernels-notes.md, v6; no longer a default). spmm_panel_kernel stages x either with
@@ -37,7 +37,7 @@ constexpr double kDbMinDensity = 0.05;
 constexpr double kDbMinWork = 2e9;
 
 // Packs the nonzeros of row block b, panel p at packed[q[(b * n_panels + p) * R + i] ...] for its rows i,
-// as (offset of the column in the swizzled x tile for lane 0, position of the value in `vals`: k, or perm[k]
+// as (byte offset of the column in the swizzled x tile for lane 0, position of the value in `vals`: k, or perm[k]
 // for spmm_t). Index only: the layout is cached per topology, the values are read through it per call. Block b's nonzeros stay within its own CSR range [ptr[o0], ptr[o0 + R]),
 // panel after panel: the rows' nonzeros before panel p number sum_r (pp[p][r] - ptr[r]).
 __global__ void __launch_bounds__(kThreads)
