@@ -12,7 +12,8 @@ block / 32), SPARSELAYER_SPMM_P (panel width), SPARSELAYER_SPMM_T (threads per b
 SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async, 2: from x's own layout), SPARSELAYER_SDDMM_T (256 or 512 threads of 8 slots), SPARSELAYER_SDDMM_P (tile columns), SPARSELAYER_SDDMM_FM
 (1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
 packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
-the per-topology index layouts every call).
+the per-topology index layouts every call), SPARSELAYER_SPMM_SORTED (1: the row-sorted spmm kernel, 2: the panel
+kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width).
 """
 
 import os

@@ -68,6 +68,12 @@ at::Tensor feature_major(const at::Tensor& m, bool enabled);
 at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                            const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
+// The row-sorted kernel (spmm_sorted.cu) for csr_times_dense's product: used where SPARSELAYER_SPMM_SORTED says
+// so (1 always, 2 never) or else where `default_here`, and never while the current stream captures a CUDA graph.
+bool sorted_spmm_applies(bool default_here, int64_t batch);
+at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                                  const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
+
 // --- device helpers ----------------------------------------------------------------------------------
 
 using bf16 = __nv_bfloat16;

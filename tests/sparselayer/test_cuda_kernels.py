@@ -169,8 +169,12 @@ def test_empty_and_degenerate():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_deterministic(dtype):
-    """Same inputs, bit-identical outputs: fixed summation order, no atomics."""
+@pytest.mark.parametrize("spmm_kernel", ["default", "sorted-rows"])
+def test_deterministic(dtype, spmm_kernel, monkeypatch):
+    """Same inputs, bit-identical outputs: fixed summation order, no atomics (the row-sorted kernel's warps take
+    chunks in any order, and each row's sum stays in column order)."""
+    if spmm_kernel != "default":
+        _force(monkeypatch, spmm_kernel)
     seed = _seed()
     m, x, grad_y, _ = _case((1100, 1500, 16500, 0, 70), dtype, "contiguous", seed)
     assert_deterministic(m, x, grad_y, seed)
@@ -239,23 +243,31 @@ def test_sparse_mlp_step_matches_cpu():
 
 
 # Every fp32 spmm kernel (single-buffered with 256 or 512 threads, staging x from a feature-major copy or from x
-# itself; double-buffered cp.async), whatever the default picks: the launchers' tuning overrides
-# (benchmarks/tune.py) force each one.
+# itself; double-buffered cp.async; the row-sorted kernel with small and large blocks),
+# whatever the default picks: the launchers' tuning overrides (benchmarks/tune.py) force each one.
+_PANEL = {"SPARSELAYER_SPMM_SORTED": "2"}
 KERNEL_VARIANTS = {
-    "single-buffered": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
-    "single-buffered-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
+    "single-buffered": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
+    "single-buffered-512-threads": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
                                     "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "16"},
-    "single-buffered-512-threads-256-rows": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
+    "single-buffered-512-threads-256-rows": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
                                              "SPARSELAYER_SPMM_NB": "1", "SPARSELAYER_SPMM_J": "8"},
-    "double-buffered": {"SPARSELAYER_SPMM_DB": "1"},
+    "double-buffered": {**_PANEL, "SPARSELAYER_SPMM_DB": "1"},
     # x staged from a feature-major copy (16-byte cp.async), and from its own (batch, n) layout
-    "feature-major-staging": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1"},
-    "feature-major-staging-512-threads": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
+    "feature-major-staging": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1"},
+    "feature-major-staging-512-threads": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
                                           "SPARSELAYER_SPMM_T": "512", "SPARSELAYER_SPMM_NB": "1",
                                           "SPARSELAYER_SPMM_J": "16"},
-    "feature-major-staging-two-batch-tiles": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
+    "feature-major-staging-two-batch-tiles": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
                                               "SPARSELAYER_SPMM_NB": "2"},
-    "row-major-staging": {"SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
+    "row-major-staging": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
+    # row-sorted (csrc/spmm_sorted.cu): default blocks, many small blocks and panels (several output passes per
+    # block), 1024-row blocks (the pack's largest)
+    "sorted-rows": {"SPARSELAYER_SPMM_SORTED": "1"},
+    "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
+                                 "SPARSELAYER_SORTED_P": "32"},
+    "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
+                              "SPARSELAYER_SORTED_P": "352"},
 }
 
 
@@ -312,9 +324,12 @@ def test_concentrated_nonzeros_variants(variant, monkeypatch):
     test_concentrated_nonzeros()
 
 
-def test_cached_layout_follows_the_index():
+@pytest.mark.parametrize("spmm_kernel", ["default", "sorted-rows"])
+def test_cached_layout_follows_the_index(spmm_kernel, monkeypatch):
     """The per-topology layout cache (csrc/cache.cu) must never serve a stale layout: an in-place change of the
     index, new values, and a new index tensor at a reused address all give the right products."""
+    if spmm_kernel != "default":
+        _force(monkeypatch, spmm_kernel)
     seed = _seed()
     n_out, n_in, nnz, batch = 300, 1000, 9000, 40
     a = _case((n_out, n_in, nnz, 0, batch), torch.float32, "contiguous", seed)
@@ -347,6 +362,25 @@ def test_cached_layout_follows_the_index():
     crow, col = m["crow"].clone(), m["col"].clone()  # new tensors, possibly at the freed addresses
     values.copy_(m["values"])
     check_all(w64, "new index tensors")
+
+
+def test_sorted_kernel_under_graph_capture(monkeypatch):
+    """The row-sorted pack copies its padded size to the host, which a CUDA graph capture forbids: during a capture
+    the products fall back to the panel kernel, and the replayed graph gives the right result."""
+    _force(monkeypatch, "sorted-rows")
+    seed = _seed()
+    m, x, grad_y, w64 = _case((300, 1000, 9000, 0, 77), torch.float32, "contiguous", seed)
+    eager = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, 300)
+    crow, col = m["crow"].clone(), m["col"].clone()  # an index the cache has not seen: packed inside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        captured = torch.ops.sparselayer.spmm(crow, col, m["values"], x, 300)
+    graph.replay()
+    torch.cuda.synchronize()
+    _check(captured, x.double().cpu() @ w64.T, torch.float32, seed, "spmm replayed from a graph")
+    torch.testing.assert_close(captured, eager, rtol=0, atol=0, msg=f"graph vs row-sorted eager, seed {seed}")
 
 
 def test_sparse_linear_after_set_topology():

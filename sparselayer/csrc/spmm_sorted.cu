@@ -1,0 +1,421 @@
+// sparselayer::spmm / spmm_t on CUDA for large sparse products: the row-sorted kernel.
+//
+// Why another kernel: the panel kernel (spmm.cu) gives each 8-lane group fixed rows whose accumulators live in
+// registers, so a warp's four groups walk four rows' segments of a panel in lockstep (random lengths: 26 of 32
+// lanes busy at 99%) and pay the entry load, its address and the loop for every 4 multiply-adds; Nsight Compute put
+// it at 680 M instructions for 2.75 G multiply-adds, issue-bound (benchmarks/kernels-notes.md, v10). Here the
+// accumulators live in shared memory, so a lane can take any row in any panel: per panel the pack sorts the row
+// block's segments by length and deals them in chunks of 32 rows to whole warps, one row per lane, so a warp's
+// lanes walk segments of nearly equal length. A lane loads its row's 32 accumulators (one batch tile) at the start
+// of a segment and stores them at its end, and an entry costs one column offset and one value (coalesced loads from
+// global memory, prefetched a group ahead) for 32 multiply-adds.
+//
+// Block: R output rows x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats and
+// two x tiles [P][32] (column c of the panel at 128 c bytes, 32 batch values in natural order), the next
+// panel's tile copied (16-byte cp.async from the feature-major copy of x) while the current one is multiplied.
+// Warps take the panel's chunks longest first from a shared counter. Lane l reads the 8 float4 chunks of a column
+// in the order l, l + 1, .. (mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads (for x and
+// for the accumulators), with no swizzle; its accumulator k holds batch chunk (k + l) mod 8.
+//
+// Each output element is the same fixed-order sum as in spmm.cu (entries in column order, panel after panel):
+// deterministic, and bit-identical to the panel kernel. The pack needs one device-to-host copy (the padded size),
+// so it is not used while a CUDA graph is being captured (the panel kernel is).
+#include "common.cuh"
+
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+namespace sparselayer {
+namespace {
+
+constexpr int kSortedThreads = 512;
+constexpr int kPackThreads = 256;
+constexpr int kMaxSortedR = 1024;  // rows per block (the pack keeps 4 per thread)
+constexpr int kMaxSortedP = 1024;  // columns per panel (segment lengths up to P)
+constexpr int kChunk = 32;         // rows per chunk: one per lane
+
+// Per (row block b, panel p) = bp, R rows o0 + i: sorts the rows with a nonempty segment in panel p by length
+// (descending, counting sort), writes them as items[bp * R + rank] = i | len << 16 (0 past the last, up to a whole
+// chunk), and per chunk of C items its (first slot within bp, length L of its longest row): chunks[bp * R / C + c].
+// n_chunks[bp] and bp_slots[bp] (C * sum of L: the padded slots) complete it. Ties are ranked in any order: a
+// row's sum does not depend on which lane takes it.
+__global__ void __launch_bounds__(kPackThreads)
+sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int R, int P, int C,
+                   int32_t* __restrict__ items, int2* __restrict__ chunks, int32_t* __restrict__ n_chunks,
+                   int64_t* __restrict__ bp_slots) {
+  __shared__ int count[kMaxSortedP + 1];  // rows per length, then the next rank of each length
+  __shared__ int sorted[kMaxSortedR];
+  __shared__ int warp_total[kPackThreads / 32];
+  __shared__ int chunk_len[kMaxSortedR / kChunk];
+  __shared__ int n_items;
+  const int p = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
+  const int o0 = blockIdx.x * R;
+  for (int l = tid; l <= P; l += kPackThreads) count[l] = 0;
+  __syncthreads();
+  int len[kMaxSortedR / kPackThreads];
+#pragma unroll
+  for (int u = 0; u < kMaxSortedR / kPackThreads; ++u) {
+    const int i = tid + u * kPackThreads, o = o0 + i;
+    len[u] = 0;
+    if (i < R && o < n_rows) {
+      len[u] = pp[static_cast<int64_t>(p + 1) * n_rows + o] - pp[static_cast<int64_t>(p) * n_rows + o];
+      if (len[u] > 0) atomicAdd(&count[min(len[u], P)], 1);  // <= P for a valid index (unique columns)
+    }
+  }
+  __syncthreads();
+  // First rank of each length = rows longer than it: an exclusive scan over lengths P, P - 1, .., 1, each thread
+  // owning `per` consecutive ones.
+  const int per = (P + kPackThreads - 1) / kPackThreads;
+  int mine = 0;
+  for (int u = 0; u < per; ++u) {
+    const int d = tid * per + u;
+    if (d < P) mine += count[P - d];
+  }
+  int incl = mine;
+#pragma unroll
+  for (int s = 1; s < 32; s <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, incl, s);
+    if (lane >= s) incl += n;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  int run = incl - mine;
+  for (int w = 0; w < warp; ++w) run += warp_total[w];
+  for (int u = 0; u < per; ++u) {
+    const int d = tid * per + u;
+    if (d < P) {
+      const int c = count[P - d];
+      count[P - d] = run;
+      run += c;
+    }
+  }
+  if (tid == kPackThreads - 1) n_items = run;
+  __syncthreads();
+#pragma unroll
+  for (int u = 0; u < kMaxSortedR / kPackThreads; ++u)
+    if (len[u] > 0) sorted[atomicAdd(&count[min(len[u], P)], 1)] = (tid + u * kPackThreads) | (len[u] << 16);
+  __syncthreads();
+  const int m = n_items, nch = (m + C - 1) / C;
+  for (int r = tid; r < nch * C; r += kPackThreads) items[bp * R + r] = r < m ? sorted[r] : 0;
+  for (int c = tid; c < nch; c += kPackThreads) {  // the first item's length, unless an index broke the contract
+    int L = 0;
+    for (int q = c * C; q < min(c * C + C, m); ++q) L = max(L, sorted[q] >> 16);
+    chunk_len[c] = L;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int first = 0;
+    for (int c = 0; c < nch; ++c) {
+      chunks[bp * (R / C) + c] = make_int2(first, chunk_len[c]);
+      first += C * chunk_len[c];
+    }
+    n_chunks[bp] = nch;
+    bp_slots[bp] = first;
+  }
+}
+
+// Fills the slots of every chunk: slot t of item j in a chunk starting at slot s0 is s0 + t * C + j (a warp's
+// loads of one step are coalesced), holding the entry's column as a byte offset into the x tile (128 c) and its
+// value position (k, or perm[k] for spmm_t); slots past a row's length hold (0, 0) and are never multiplied.
+// Rewrites each chunk's first slot from within-bp to global (bp_end: inclusive prefix sum of bp_slots).
+__global__ void __launch_bounds__(kPackThreads)
+sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ idx, const int64_t* __restrict__ perm,
+                   const int32_t* __restrict__ items, int2* __restrict__ chunks, const int32_t* __restrict__ n_chunks,
+                   const int64_t* __restrict__ bp_slots, const int64_t* __restrict__ bp_end, int n_rows, int n_panels, int R, int P, int C,
+                   int32_t* __restrict__ off, int32_t* __restrict__ src) {
+  __shared__ int2 chunk_s[kMaxSortedR / kChunk];
+  const int p = blockIdx.y, tid = threadIdx.x;
+  const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
+  const int o0 = blockIdx.x * R, nch = n_chunks[bp];
+  const int64_t first = bp_end[bp] - bp_slots[bp];
+  for (int c = tid; c < nch; c += kPackThreads) chunk_s[c] = chunks[bp * (R / C) + c];
+  __syncthreads();
+  for (int r = tid; r < nch * C; r += kPackThreads) {
+    const int2 ch = chunk_s[r / C];
+    const int j = r % C;
+    const int item = items[bp * R + r], len = item >> 16;
+    const int64_t start = len > 0 ? pp[static_cast<int64_t>(p) * n_rows + o0 + (item & 0xffff)] : 0;
+    const int64_t s0 = first + ch.x + j;
+    for (int t = 0; t < ch.y; ++t) {
+      const int64_t s = s0 + static_cast<int64_t>(t) * C;
+      if (t < len) {
+        const int64_t k = start + t;
+        off[s] = static_cast<int32_t>(idx[k] - static_cast<int64_t>(p) * P) * (kBt * 4);
+        src[s] = static_cast<int32_t>(perm ? perm[k] : k);
+      } else {
+        off[s] = 0;
+        src[s] = 0;
+      }
+    }
+  }
+  __syncthreads();
+  for (int c = tid; c < nch; c += kPackThreads)
+    chunks[bp * (R / C) + c].x = static_cast<int>(first + chunk_s[c].x);
+}
+
+// pv[s] = vals[src[s]]: the values in slot order, once per call (they change every step, the slots only with the
+// topology).
+__global__ void gather_slot_values_kernel(const int32_t* __restrict__ src, const float* __restrict__ vals,
+                                          int64_t n, float* __restrict__ pv) {
+  const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s < n) pv[s] = __ldg(vals + __ldg(src + s));
+}
+
+// Multiplies one chunk's segment into the lane's accumulators a (batch chunk (k + lane) mod 8 at byte offset rot[k]
+// of a column): slot t of the lane at op[t * 32], vp[t * 32] for t < L, multiplied for t < len. Column offsets and
+// values are loaded a group of D entries ahead (global memory: ~600 cycles away).
+__device__ __forceinline__ void multiply_chunk(float4 (&a)[8], const int (&rot)[8], const char* xs,
+                                               const int32_t* __restrict__ op, const float* __restrict__ vp, int L,
+                                               int len) {
+  constexpr int D = 4;
+  int oc[D];
+  float vc[D];
+#pragma unroll
+  for (int u = 0; u < D; ++u) {
+    const bool ok = u < L;
+    oc[u] = ok ? __ldg(op + u * kChunk) : 0;
+    vc[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
+  }
+  for (int t0 = 0; t0 < L; t0 += D) {
+    op += D * kChunk;
+    vp += D * kChunk;
+    const int ahead = L - t0 - D;  // entries left after this group
+    int on[D];
+    float vn[D];
+#pragma unroll
+    for (int u = 0; u < D; ++u) {
+      const bool ok = u < ahead;
+      on[u] = ok ? __ldg(op + u * kChunk) : 0;
+      vn[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < D; ++u) {
+      if (t0 + u < len) {
+        const char* xc = xs + oc[u];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) fma4(a[k], vc[u], *reinterpret_cast<const float4*>(xc + rot[k]));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < D; ++u) oc[u] = on[u], vc[u] = vn[u];
+  }
+}
+
+// The tile [P][32] of x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 31 (copy_tile_plain), with the per-copy index
+// arithmetic hoisted where the tile lies inside x: thread t copies quad t % 8 of columns t / 8 + T / 8 * i (the
+// general loader's arithmetic was a quarter of this kernel's instructions).
+template <int T>
+__device__ __forceinline__ void copy_tile(float* __restrict__ ts, const float* __restrict__ xt, int64_t ld,
+                                          int batch, int n_cols, int b0, int c0, int P) {
+  if (b0 + kBt > batch || c0 + P > n_cols) {  // block-uniform
+    copy_tile_plain<T>(ts, xt, ld, batch, n_cols, b0, c0, P);
+    return;
+  }
+  constexpr int kColsPerStep = T / 8;
+  const int c = threadIdx.x >> 3, quad = threadIdx.x & 7;
+  const float* src = xt + static_cast<int64_t>(c0 + c) * ld + b0 + 4 * quad;
+  float* dst = ts + c * kBt + 4 * quad;
+  const int64_t step = kColsPerStep * ld;
+  for (int i = c; i < P; i += kColsPerStep, src += step, dst += kColsPerStep * kBt) cp_async16(dst, src, 16);
+}
+
+// y[b0 .. b0 + 31, o0 .. o0 + R - 1] = acc (the block's [R][32] accumulators): transposed through the x buffers
+// (rows_per_pass rows at a time, conflict-free both ways) so that the stores to y are coalesced along its rows.
+template <typename Out>
+__device__ __forceinline__ void store_accumulators(const float* acc, float* tr, int R, int rows_per_pass,
+                                                   Out* __restrict__ y, int o0, int b0, int batch, int n_rows) {
+  constexpr int T = kSortedThreads;
+  const int tid = threadIdx.x;
+  for (int r0 = 0; r0 < R; r0 += rows_per_pass) {
+    for (int e = tid; e < rows_per_pass * kBt; e += T) {
+      const int lane = e & 31, rr = ((e >> 10) << 5) | lane, i = (e >> 5) & 31;
+      const int bi = (i + lane) & 31;  // lane-rotated batch index: 32 distinct banks on both sides
+      tr[bi * rows_per_pass + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt + bi] : 0.f;
+    }
+    __syncthreads();
+    for (int e = tid; e < rows_per_pass * kBt; e += T) {
+      const int i = e / rows_per_pass, rr = e % rows_per_pass;
+      const int o = o0 + r0 + rr, b = b0 + i;
+      if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
+    }
+    __syncthreads();
+  }
+}
+
+// items, chunks, n_chunks: the pack (sorted_rank_kernel, sorted_fill_kernel) for row blocks of R and panels of P;
+// off, pv: column byte offsets and values per slot; xt: x feature-major (row c holds x[:, c], rows of ldt floats).
+template <typename Out>
+__global__ void __launch_bounds__(kSortedThreads, 1)
+spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
+                   const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
+                   const float* __restrict__ pv, const float* __restrict__ xt, int64_t ldt, int batch, int n_cols,
+                   int n_rows, int n_panels, int P, int R, Out* __restrict__ y) {
+  constexpr int T = kSortedThreads;
+  extern __shared__ float4 smem4[];
+  float* acc = reinterpret_cast<float*>(smem4);  // [R][32]
+  float* xbuf = acc + R * kBt;                    // 2 x [P][32]
+  int* next_chunk = reinterpret_cast<int*>(xbuf + 2 * P * kBt);  // [2] (no static shared memory: allow_smem
+                                                                 // opts every kernel into the whole maximum)
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int b0 = blockIdx.y * kBt, o0 = blockIdx.x * R;
+  int rot[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) rot[k] = ((k + lane) & 7) * 16;
+
+  for (int i = tid; i < R * kBt / 4; i += T) smem4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < 2) next_chunk[tid] = 0;
+  copy_tile<T>(xbuf, xt, ldt, batch, n_cols, b0, 0, P);
+  cp_async_commit();
+  for (int p = 0; p < n_panels; ++p) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile p is in; every warp is done with panel p - 1 (its tile buffer and counter are free)
+    if (p + 1 < n_panels) {
+      copy_tile<T>(xbuf + ((p + 1) & 1) * P * kBt, xt, ldt, batch, n_cols, b0, (p + 1) * P, P);
+      cp_async_commit();
+    }
+    if (tid == 0) next_chunk[(p + 1) & 1] = 0;
+    const char* xs = reinterpret_cast<const char*>(xbuf + (p & 1) * P * kBt);
+    const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
+    const int nc = __ldg(n_chunks + bp);
+    for (;;) {
+      int ci = 0;
+      if (lane == 0) ci = atomicAdd(&next_chunk[p & 1], 1);
+      ci = __shfl_sync(0xffffffffu, ci, 0);
+      if (ci >= nc) break;
+      const int2 ch = __ldg(chunks + bp * (R / kChunk) + ci);  // (first slot, longest segment)
+      const int item = __ldg(items + bp * R + ci * kChunk + lane), len = item >> 16;
+      char* arow = reinterpret_cast<char*>(acc + (item & 0xffff) * kBt);
+      float4 a[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        a[k] = len > 0 ? *reinterpret_cast<const float4*>(arow + rot[k]) : make_float4(0.f, 0.f, 0.f, 0.f);
+      multiply_chunk(a, rot, xs, off + ch.x + lane, pv + ch.x + lane, ch.y, len);
+      if (len > 0) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) *reinterpret_cast<float4*>(arow + rot[k]) = a[k];
+      }
+    }
+  }
+  __syncthreads();
+  store_accumulators(acc, xbuf, R, min(R, 2 * P), y, o0, b0, batch, n_rows);
+}
+
+struct SortedConfig {
+  int R, P, smem;
+};
+
+int sorted_smem(int R, int P) { return (R + 2 * P) * kBt * 4 + 16; }
+
+// 512-row blocks over 512-column panels (192 KB: one block per SM), fewer rows where the grid would not fill the
+// GPU. Measured on an H100 (benchmarks/kernels-notes.md, v11): 256-column panels (two blocks per SM, or 1024 rows)
+// were slower at every density. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
+SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device) {
+  SortedConfig c{512, 512, 0};
+  const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, kMaxSortedP));
+  const int rows32 = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, kMaxSortedR));
+  c.P = std::min(c.P, cols32);
+  c.R = std::min(c.R, rows32);
+  const int64_t tiles = (batch + kBt - 1) / kBt;
+  while (c.R > 128 && ((n_out + c.R - 1) / c.R) * tiles < num_sms(device)) c.R = (c.R / 2 + 31) / 32 * 32;
+  const int r_env = env_int("SPARSELAYER_SORTED_R"), p_env = env_int("SPARSELAYER_SORTED_P");
+  if (r_env >= 32 && r_env <= kMaxSortedR && r_env % 32 == 0) c.R = r_env;
+  if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min(p_env, cols32);
+  while (sorted_smem(c.R, c.P) > max_smem_optin(device) && c.P > 32) c.P /= 2;
+  c.smem = sorted_smem(c.R, c.P);
+  return c;
+}
+
+// The cached pack of (ptr, idx[, perm]) for row blocks of R and panels of P:
+// {items, chunks, n_chunks, off, src}.
+std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor& idx_in, const at::Tensor& perm_in,
+                                      int64_t n_out, int64_t n_cols, const SortedConfig& c) {
+  std::vector<at::Tensor> index{ptr_in, idx_in};
+  if (perm_in.defined()) index.push_back(perm_in);
+  return cached_layout("spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
+    const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
+    const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
+    const int C = kChunk;
+    const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
+    const int64_t n_blocks = (n_out + c.R - 1) / c.R, n_bp = n_blocks * n_panels;
+    const auto pp = panel_pointers(ptr, idx, n_out, n_cols, c.P);
+    const auto opts = ptr.options();
+    auto items = at::empty({n_bp * c.R}, opts.dtype(at::kInt));
+    auto chunks = at::empty({n_bp * (c.R / C), 2}, opts.dtype(at::kInt));
+    auto n_chunks = at::empty({n_bp}, opts.dtype(at::kInt));
+    auto bp_slots = at::empty({n_bp}, opts.dtype(at::kLong));
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels));
+    sorted_rank_kernel<<<grid, kPackThreads, 0, stream>>>(
+        pp.data_ptr<int32_t>(), static_cast<int>(n_out), n_panels, c.R, c.P, C, items.data_ptr<int32_t>(),
+        reinterpret_cast<int2*>(chunks.data_ptr<int32_t>()), n_chunks.data_ptr<int32_t>(),
+        bp_slots.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto bp_end = bp_slots.cumsum(0);
+    int64_t total = 0;
+    C10_CUDA_CHECK(cudaMemcpyAsync(&total, bp_end.data_ptr<int64_t>() + (n_bp - 1), sizeof(int64_t),
+                                   cudaMemcpyDeviceToHost, stream));
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+    TORCH_CHECK(total < std::numeric_limits<int32_t>::max(), "sparselayer: ", total,
+                " padded nonzeros in the row-sorted layout, more than 2^31");
+    auto off = at::empty({std::max<int64_t>(total, 1)}, opts.dtype(at::kInt));
+    auto src = at::empty({std::max<int64_t>(total, 1)}, opts.dtype(at::kInt));
+    sorted_fill_kernel<<<grid, kPackThreads, 0, stream>>>(
+        pp.data_ptr<int32_t>(), idx.data_ptr<int64_t>(), perm.defined() ? perm.data_ptr<int64_t>() : nullptr,
+        items.data_ptr<int32_t>(), reinterpret_cast<int2*>(chunks.data_ptr<int32_t>()), n_chunks.data_ptr<int32_t>(),
+        bp_slots.data_ptr<int64_t>(), bp_end.data_ptr<int64_t>(), static_cast<int>(n_out), n_panels, c.R, c.P, C, off.data_ptr<int32_t>(),
+        src.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return std::vector<at::Tensor>{items, chunks, n_chunks, off, src.narrow(0, 0, total)};
+  });
+}
+
+template <typename Out>
+void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
+                   const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
+  const auto kernel = spmm_sorted_kernel<Out>;
+  allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
+  const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
+  const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
+  kernel<<<grid, kSortedThreads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+      layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
+      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
+      xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
+      reinterpret_cast<Out*>(y.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool sorted_spmm_applies(bool default_here, int64_t batch) {
+  const int env = env_int("SPARSELAYER_SPMM_SORTED");  // 1: always (fp32 and bf16), 2: never
+  if (env == 2 || batch >= (int64_t{1} << 31) / kBt) return false;
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return false;
+  return env == 1 || default_here;
+}
+
+at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                                  const at::Tensor& perm, const at::Tensor& x, int64_t n_out) {
+  const int64_t batch = x.size(0), n_cols = x.size(1);
+  const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device());
+  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
+  const at::Tensor& src = layout[4];
+  auto pv = at::empty({std::max<int64_t>(src.numel(), 1)}, vals.options());
+  if (src.numel() > 0) {
+    gather_slot_values_kernel<<<static_cast<unsigned>((src.numel() + 255) / 256), 256, 0,
+                                c10::cuda::getCurrentCUDAStream()>>>(src.data_ptr<int32_t>(), vals.data_ptr<float>(),
+                                                                     src.numel(), pv.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const at::Tensor xt = feature_major(x, true);
+  auto y = at::empty({batch, n_out}, x.options());
+  if (x.scalar_type() == at::kBFloat16) launch_sorted<bf16>(c, layout, pv, xt, batch, n_cols, n_out, y);
+  else launch_sorted<float>(c, layout, pv, xt, batch, n_cols, n_out, y);
+  return y;
+}
+
+}  // namespace sparselayer
