@@ -1,5 +1,8 @@
 // sparselayer::spmm on CUDA: y = x @ W^T, x (batch, n_in) -> y (batch, n_out), W in CSR.
 //
+// Large products go to the row-sorted kernel (spmm_sorted.cu, chosen in csr_times_dense); this file holds the
+// panel kernels that run the rest, and every product while a CUDA graph is being captured.
+//
 // fp32: one block owns R = 32 * J output rows and NB tiles of 32 batch rows, and walks the input columns in
 // panels of P. Per panel it stages x[b-tiles, panel] in shared memory (read straight from x's own layout,
 // coalesced along the columns) together with the block's nonzeros of that panel, then each 8-lane group
@@ -35,6 +38,7 @@ namespace {
 // narrower panels cost more than its overlap wins at 97-99%, and it lost on the 4096^2 b512 forward).
 constexpr double kDbMinDensity = 0.05;
 constexpr double kDbMinWork = 2e9;
+constexpr double kSortedMinWork = 2e8;  // the row-sorted kernel's smallest products from kDbMinDensity up
 
 // Packs the nonzeros of row block b, panel p at packed[q[(b * n_panels + p) * R + i] ...] for its rows i,
 // as (byte offset of the column in the swizzled x tile for lane 0, position of the value in `vals`: k, or perm[k]
@@ -590,9 +594,13 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   TORCH_CHECK(nnz < std::numeric_limits<int32_t>::max(), "sparselayer: more than 2^31 nonzeros");
   const auto vals = vals_in.contiguous();
   const PanelConfig c = choose_config(n_out, n_cols, batch, nnz, device, bf16_act);
-  // The row-sorted kernel wherever the panel kernel would stage x from a feature-major copy, and on every large
-  // product (v11, benchmarks/kernels-notes.md: 16384^2 b1024 forward 7.8 -> 5.0 ms at 90%, 2.8 -> 2.1 at 97%).
-  if (sorted_spmm_applies(c.fm || static_cast<double>(nnz) * batch >= kDbMinWork, batch))
+  // The row-sorted kernel wherever the panel kernel would stage x from a feature-major copy, on every large product,
+  // and from 5% density on products of 2e8 multiply-adds (v11, benchmarks/kernels-notes.md: 16384^2 b1024 forward
+  // 7.9 -> 5.0 ms at 90%, 2.8 -> 2.1 at 97%; 4096^2 b512 at 90% 0.58 -> 0.28, 784x512 b10000 0.26 -> 0.17; slower
+  // than the panel kernel at 99% on the small shapes, where a row's segment of a panel holds one or two entries).
+  const double work = static_cast<double>(nnz) * batch;
+  const bool dense_enough = static_cast<double>(nnz) >= kDbMinDensity * static_cast<double>(n_out) * n_cols;
+  if (sorted_spmm_applies(c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork), batch))
     return sorted_csr_times_dense(ptr_in, idx_in, vals, perm_in, x, n_out);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);

@@ -166,33 +166,35 @@ __global__ void gather_slot_values_kernel(const int32_t* __restrict__ src, const
   if (s < n) pv[s] = __ldg(vals + __ldg(src + s));
 }
 
+constexpr int kAhead = 4;  // entries of a lane whose column offsets and values are in flight at once
+
+// o[u], v[u] = slot u of the lane (op[32 u], vp[32 u]) for u < n, else 0: one group of loads, none waiting on another.
+__device__ __forceinline__ void load_slots(const int32_t* __restrict__ op, const float* __restrict__ vp, int n,
+                                           int (&o)[kAhead], float (&v)[kAhead]) {
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u) {
+    const bool ok = u < n;
+    o[u] = ok ? __ldg(op + u * kChunk) : 0;
+    v[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
+  }
+}
+
 // Multiplies one chunk's segment into the lane's accumulators a (batch chunk (k + lane) mod 8 at byte offset rot[k]
 // of a column): slot t of the lane at op[t * 32], vp[t * 32] for t < L, multiplied for t < len. Column offsets and
-// values are loaded a group of D entries ahead (global memory: ~600 cycles away).
+// values are loaded a group ahead (global memory: ~600 cycles away).
 __device__ __forceinline__ void multiply_chunk(float4 (&a)[8], const int (&rot)[8], const char* xs,
                                                const int32_t* __restrict__ op, const float* __restrict__ vp, int L,
                                                int len) {
-  constexpr int D = 4;
+  constexpr int D = kAhead;
   int oc[D];
   float vc[D];
-#pragma unroll
-  for (int u = 0; u < D; ++u) {
-    const bool ok = u < L;
-    oc[u] = ok ? __ldg(op + u * kChunk) : 0;
-    vc[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
-  }
+  load_slots(op, vp, L, oc, vc);
   for (int t0 = 0; t0 < L; t0 += D) {
     op += D * kChunk;
     vp += D * kChunk;
-    const int ahead = L - t0 - D;  // entries left after this group
     int on[D];
     float vn[D];
-#pragma unroll
-    for (int u = 0; u < D; ++u) {
-      const bool ok = u < ahead;
-      on[u] = ok ? __ldg(op + u * kChunk) : 0;
-      vn[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
-    }
+    load_slots(op, vp, L - t0 - D, on, vn);  // the next group, if any
 #pragma unroll
     for (int u = 0; u < D; ++u) {
       if (t0 + u < len) {
