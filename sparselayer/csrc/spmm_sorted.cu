@@ -10,9 +10,10 @@
 // of a segment and stores them at its end, and an entry costs one column offset and one value (coalesced loads from
 // global memory, prefetched a group ahead) for 32 multiply-adds.
 //
-// Block: R output rows x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats and
-// two x tiles [P][32] (column c of the panel at 128 c bytes, 32 batch values in natural order), the next
-// panel's tile copied (16-byte cp.async from the feature-major copy of x) while the current one is multiplied.
+// Block: R output rows (1024) x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats
+// and two x tiles [P][32] of 384 columns (column c of the panel at 128 c bytes, 32 batch values in natural order),
+// the next panel's tile copied (16-byte cp.async from the feature-major copy of x) while the current one is
+// multiplied.
 // Warps take the panel's chunks longest first from a shared counter. Lane l reads the 8 float4 chunks of a column
 // in the order l, l + 1, .. (mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads (for x and
 // for the accumulators), with no swizzle; its accumulator k holds batch chunk (k + l) mod 8.
@@ -313,21 +314,23 @@ struct SortedConfig {
 
 int sorted_smem(int R, int P) { return (R + 2 * P) * kBt * 4 + 16; }
 
-// 512-row blocks over 512-column panels (192 KB: one block per SM), fewer rows where the grid would not fill the
-// GPU. Measured on an H100 (benchmarks/kernels-notes.md, v11): 256-column panels (two blocks per SM, or 1024 rows)
-// were slower at every density. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
+// 1024-row blocks (32 chunks per panel for 16 warps, so taking them longest first balances the warps) over the
+// widest panels, up to 512 columns, two tiles of which fit beside the accumulators (384 on an H100: 224 KB, one
+// block per SM); fewer rows where the grid would not fill the GPU. Measured on an H100 (benchmarks/kernels-notes.md,
+// v11): 16384^2 b1024 forward 1.11 vs 1.15-1.20 ms (512 x 512) at 99%, 1.89 vs 2.02 at 97%; 768 or 384 rows and
+// 256-column panels were slower. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
 SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device) {
-  SortedConfig c{512, 512, 0};
+  SortedConfig c{};
   const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, kMaxSortedP));
-  const int rows32 = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, kMaxSortedR));
-  c.P = std::min(c.P, cols32);
-  c.R = std::min(c.R, rows32);
+  c.R = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, kMaxSortedR));
   const int64_t tiles = (batch + kBt - 1) / kBt;
   while (c.R > 128 && ((n_out + c.R - 1) / c.R) * tiles < num_sms(device)) c.R = (c.R / 2 + 31) / 32 * 32;
   const int r_env = env_int("SPARSELAYER_SORTED_R"), p_env = env_int("SPARSELAYER_SORTED_P");
   if (r_env >= 32 && r_env <= kMaxSortedR && r_env % 32 == 0) c.R = r_env;
-  if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min(p_env, cols32);
-  while (sorted_smem(c.R, c.P) > max_smem_optin(device) && c.P > 32) c.P /= 2;
+  const int fit = (max_smem_optin(device) / (kBt * 4) - c.R) / 2 / 32 * 32;  // columns of two tiles beside R rows
+  c.P = std::min({512, cols32, fit});
+  if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min({p_env, cols32, fit});
+  TORCH_CHECK(c.P >= 32, "sparselayer: ", c.R, "-row blocks leave no room for the x tiles in shared memory");
   c.smem = sorted_smem(c.R, c.P);
   return c;
 }
