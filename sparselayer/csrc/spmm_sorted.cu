@@ -41,11 +41,11 @@ constexpr int kChunk = 32;         // rows per chunk: one per lane
 
 // Per (row block b, panel p) = bp, R rows o0 + i: sorts the rows with a nonempty segment in panel p by length
 // (descending, counting sort), writes them as items[bp * R + rank] = i | len << 16 (0 past the last, up to a whole
-// chunk), and per chunk of C items its (first slot within bp, length L of its longest row): chunks[bp * R / C + c].
-// n_chunks[bp] and bp_slots[bp] (C * sum of L: the padded slots) complete it. Ties are ranked in any order: a
-// row's sum does not depend on which lane takes it.
+// chunk), and per chunk of C = kChunk items its (first slot within bp, length L of its longest row):
+// chunks[bp * R / C + c]. n_chunks[bp] and bp_slots[bp] (C * sum of L: the padded slots) complete it. Ties are
+// ranked in any order: a row's sum does not depend on which lane takes it.
 __global__ void __launch_bounds__(kPackThreads)
-sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int R, int P, int C,
+sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int R, int P,
                    int32_t* __restrict__ items, int2* __restrict__ chunks, int32_t* __restrict__ n_chunks,
                    int64_t* __restrict__ bp_slots) {
   __shared__ int count[kMaxSortedP + 1];  // rows per length, then the next rank of each length
@@ -53,6 +53,7 @@ sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int
   __shared__ int warp_total[kPackThreads / 32];
   __shared__ int chunk_len[kMaxSortedR / kChunk];
   __shared__ int n_items;
+  constexpr int C = kChunk;
   const int p = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
   const int o0 = blockIdx.x * R;
@@ -127,9 +128,10 @@ sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int
 __global__ void __launch_bounds__(kPackThreads)
 sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ idx, const int64_t* __restrict__ perm,
                    const int32_t* __restrict__ items, int2* __restrict__ chunks, const int32_t* __restrict__ n_chunks,
-                   const int64_t* __restrict__ bp_slots, const int64_t* __restrict__ bp_end, int n_rows, int n_panels, int R, int P, int C,
-                   int32_t* __restrict__ off, int32_t* __restrict__ src) {
-  __shared__ int2 chunk_s[kMaxSortedR / kChunk];
+                   const int64_t* __restrict__ bp_slots, const int64_t* __restrict__ bp_end, int n_rows, int n_panels,
+                   int R, int P, int32_t* __restrict__ off, int32_t* __restrict__ src) {
+  constexpr int C = kChunk;
+  __shared__ int2 chunk_s[kMaxSortedR / C];
   const int p = blockIdx.y, tid = threadIdx.x;
   const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
   const int o0 = blockIdx.x * R, nch = n_chunks[bp];
@@ -344,19 +346,18 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
   return cached_layout("spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
     const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
     const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
-    const int C = kChunk;
     const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
     const int64_t n_blocks = (n_out + c.R - 1) / c.R, n_bp = n_blocks * n_panels;
     const auto pp = panel_pointers(ptr, idx, n_out, n_cols, c.P);
     const auto opts = ptr.options();
     auto items = at::empty({n_bp * c.R}, opts.dtype(at::kInt));
-    auto chunks = at::empty({n_bp * (c.R / C), 2}, opts.dtype(at::kInt));
+    auto chunks = at::empty({n_bp * (c.R / kChunk), 2}, opts.dtype(at::kInt));
     auto n_chunks = at::empty({n_bp}, opts.dtype(at::kInt));
     auto bp_slots = at::empty({n_bp}, opts.dtype(at::kLong));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels));
     sorted_rank_kernel<<<grid, kPackThreads, 0, stream>>>(
-        pp.data_ptr<int32_t>(), static_cast<int>(n_out), n_panels, c.R, c.P, C, items.data_ptr<int32_t>(),
+        pp.data_ptr<int32_t>(), static_cast<int>(n_out), n_panels, c.R, c.P, items.data_ptr<int32_t>(),
         reinterpret_cast<int2*>(chunks.data_ptr<int32_t>()), n_chunks.data_ptr<int32_t>(),
         bp_slots.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -372,8 +373,8 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
     sorted_fill_kernel<<<grid, kPackThreads, 0, stream>>>(
         pp.data_ptr<int32_t>(), idx.data_ptr<int64_t>(), perm.defined() ? perm.data_ptr<int64_t>() : nullptr,
         items.data_ptr<int32_t>(), reinterpret_cast<int2*>(chunks.data_ptr<int32_t>()), n_chunks.data_ptr<int32_t>(),
-        bp_slots.data_ptr<int64_t>(), bp_end.data_ptr<int64_t>(), static_cast<int>(n_out), n_panels, c.R, c.P, C, off.data_ptr<int32_t>(),
-        src.data_ptr<int32_t>());
+        bp_slots.data_ptr<int64_t>(), bp_end.data_ptr<int64_t>(), static_cast<int>(n_out), n_panels, c.R, c.P,
+        off.data_ptr<int32_t>(), src.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return std::vector<at::Tensor>{items, chunks, n_chunks, off, src.narrow(0, 0, total)};
   });
