@@ -4,7 +4,8 @@
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
     python benchmarks/tune.py --vary SPARSELAYER_SPMM_PVALS=1,2   # every op at the defaults, per value, twice
     python benchmarks/tune.py --vary "SPARSELAYER_SPMM_NB=2 SPARSELAYER_SPMM_J=16"   # one variant of two settings
-    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_T=256,512 --ops sddmm   # only some ops (spmm, spmm_t, bf16 spmm, sddmm)
+    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_T=256,512 --ops sddmm   # only some ops (spmm, spmm_t, bf16 spmm, sddmm, step)
+    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_SORTED=1,2 --ops sddmm --all-shapes   # every benchmark shape
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
 kernel, 2: single-buffered), SPARSELAYER_SPMM_NB (batch sub-tiles of 32 per block), SPARSELAYER_SPMM_J (rows per
@@ -13,7 +14,10 @@ SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async,
 (1/2: tiles from feature-major copies or not), SPARSELAYER_SPMM_PVALS (1: the forward gathers the values into
 packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call), SPARSELAYER_SPMM_SORTED (1: the row-sorted spmm kernel, 2: the panel
-kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width).
+kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width), SPARSELAYER_SDDMM_SORTED (1: the
+row-sorted sddmm kernel, 2: the tile kernel), SPARSELAYER_SDDMM_SORTED_T (its threads: 256 or 512), SPARSELAYER_SHARE_FM=2
+(spmm_t and sddmm each copy the gradient feature-major, instead of sharing spmm_t's copy). "step" is the layer step of benchmarks/kernels.py (ops.linear forward and
+backward).
 """
 
 import os
@@ -25,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import bench, random_csr  # noqa: E402
+from kernels import SHAPES, SPARSITIES, bench, layer_step, random_csr  # noqa: E402
 from sparselayer import _cuda, ops  # noqa: E402
 from sparselayer.csr import transpose_index  # noqa: E402
 
@@ -59,11 +63,11 @@ def variants_of(spec: str) -> list[dict[str, str]]:
     return [dict(pair.split("=", 1) for pair in part.split()) for part in spec.split(";") if part.strip()]
 
 
-def vary(variants: list[dict[str, str]], only: set[str] | None = None) -> None:
+def vary(variants: list[dict[str, str]], only: set[str] | None = None, cases=CASES) -> None:
     """Same-run A/B of overrides: each op (or those in `only`) at the defaults and under each variant, in two
     interleaved rounds."""
     g = torch.Generator(device="cuda").manual_seed(0)
-    for n_in, n_out, batch, sp in CASES:
+    for n_in, n_out, batch, sp in cases:
         crow, col, values_ = random_csr(n_out, n_in, sp, g)
         x = torch.randn(batch, n_in, device="cuda", generator=g)
         dy = torch.randn(batch, n_out, device="cuda", generator=g)
@@ -73,7 +77,8 @@ def vary(variants: list[dict[str, str]], only: set[str] | None = None) -> None:
         ops_ = {"spmm": lambda: ops.spmm(crow, col, values_, x, n_out),
                 "spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dy, n_in),
                 "bf16 spmm": lambda: ops.spmm(crow, col, values_, xb, n_out),
-                "sddmm": lambda: ops.sddmm(crow, col, dy, x)}
+                "sddmm": lambda: ops.sddmm(crow, col, dy, x),
+                "step": layer_step(crow, col, ccol, row, perm, values_, x, dy, n_out)}
         ops_ = {name: fn for name, fn in ops_.items() if only is None or name in only}
         names = {name for v in variants for name in v}
         times = {}
@@ -97,7 +102,8 @@ def main():
     _cuda.ensure_loaded()
     if "--vary" in sys.argv:
         only = set(sys.argv[sys.argv.index("--ops") + 1].split(",")) if "--ops" in sys.argv else None
-        vary(variants_of(sys.argv[sys.argv.index("--vary") + 1]), only)
+        cases = [(*shape, sp) for shape in SHAPES for sp in SPARSITIES] if "--all-shapes" in sys.argv else CASES
+        vary(variants_of(sys.argv[sys.argv.index("--vary") + 1]), only, cases)
         return
     g = torch.Generator(device="cuda").manual_seed(0)
     once = "--once" in sys.argv

@@ -63,11 +63,11 @@ Source source_of(const at::Tensor& t) {
                 t.unsafeGetTensorImpl()->version_counter().current_version()};
 }
 
-}  // namespace
-
-std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Tensor>& index,
-                                      std::array<int64_t, 4> params,
-                                      const std::function<std::vector<at::Tensor>()>& make) {
+// The live entry for (kind, index, params), else make()'s value, stored (an empty vector when make is null).
+std::vector<at::Tensor> cache_lookup(const char* kind, const std::vector<at::Tensor>& index,
+                                     std::array<int64_t, 4> params,
+                                     const std::function<std::vector<at::Tensor>()>* make_ptr) {
+  const auto make = [&]() { return make_ptr ? (*make_ptr)() : std::vector<at::Tensor>(); };
   bool use = !index.empty() && env_int("SPARSELAYER_NO_CACHE") != 1;  // 1: rebuild per call (benchmarks)
   for (const auto& t : index) use = use && cacheable(t);
   if (use && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) use = false;
@@ -112,6 +112,7 @@ std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Te
       }
     }
   }
+  if (!make_ptr) return {};
   std::vector<at::Tensor> value = make();
   std::lock_guard<std::mutex> lock(c.mu);
   for (size_t i = 0; i < c.entries.size();) {  // the same index at an older version: replaced
@@ -133,6 +134,19 @@ std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Te
   }
   c.entries.push_back(Entry{kind, std::move(sources), params, device, stream, value, ++c.clock});
   return value;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Tensor>& index,
+                                      std::array<int64_t, 4> params,
+                                      const std::function<std::vector<at::Tensor>()>& make) {
+  return cache_lookup(kind, index, params, &make);
+}
+
+std::vector<at::Tensor> find_cached_layout(const char* kind, const std::vector<at::Tensor>& index,
+                                           std::array<int64_t, 4> params) {
+  return cache_lookup(kind, index, params, nullptr);
 }
 
 }  // namespace sparselayer

@@ -47,6 +47,9 @@ void allow_smem(const void* kernel, int device);
 std::vector<at::Tensor> cached_layout(const char* kind, const std::vector<at::Tensor>& index,
                                       std::array<int64_t, 4> params,
                                       const std::function<std::vector<at::Tensor>()>& make);
+// The cached value for (kind, index, params) if there is a live one (as cached_layout), else an empty vector.
+std::vector<at::Tensor> find_cached_layout(const char* kind, const std::vector<at::Tensor>& index,
+                                           std::array<int64_t, 4> params);
 // Integer value of an environment variable, 0 when unset (tuning overrides for benchmarks/tune.py).
 int env_int(const char* name);
 
@@ -62,6 +65,10 @@ constexpr double kFmMinUses = 100.0;
 // The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
 // when m is a feature-major float32 view already), for tiles staged with 16-byte copies; undefined when !enabled.
 at::Tensor feature_major(const at::Tensor& m, bool enabled);
+// feature_major(m, true), shared through the layout cache while m lives unmodified: spmm_t stores the copy of its
+// gradient operand (store), and sddmm looks it up for the same gradient (store false: copies its own on a miss), so
+// a layer's backward copies its incoming gradient once. The copy lives as long as that gradient does.
+at::Tensor feature_major_shared(const at::Tensor& m, bool store);
 
 // y (batch, n_out) = x (batch, n_cols) @ A^T for the CSR matrix A = (ptr, idx, vals[perm]) of n_out rows
 // (perm undefined: vals in index order). spmm calls it with W's CSR, spmm_t with W's CSC index and perm.
@@ -73,6 +80,14 @@ at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const a
 bool sorted_spmm_applies(bool default_here, int64_t batch);
 at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
+
+// The row-sorted sddmm (sddmm_sorted.cu): used where SPARSELAYER_SDDMM_SORTED says so (1 always, 2 never) or else
+// where `default_here`, never during a CUDA graph capture. sorted_sddmm writes the float32 sums of batch split z to
+// target[z] (target = out when splits is 1; the caller adds the splits in order) and returns false, launching
+// nothing, where the densest panel's running sums do not fit in shared memory.
+bool sorted_sddmm_applies(bool default_here, int64_t batch);
+bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
+                  const at::Tensor& out, at::Tensor& target, int64_t& splits);
 
 // --- device helpers ----------------------------------------------------------------------------------
 

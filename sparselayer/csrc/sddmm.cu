@@ -17,6 +17,7 @@
 // within a block (two blocks per SM at 256 threads overlap them).
 // bfloat16 activations are converted to fp32 as they are staged (or copied); the sums are fp32 as always.
 // fp64: one thread per nonzero, a plain loop over the batch.
+// Large products go to the row-sorted kernel instead where it fits (sddmm_sorted.cu; chosen in sddmm_cuda below).
 #include "common.cuh"
 
 #include <ATen/ops/empty.h>
@@ -30,6 +31,13 @@ namespace {
 constexpr int kMaxTile = 1024;  // R, P <= kMaxTile (R fits 16 bits in the packed slot)
 constexpr int kFmMinStagings = 4;
 constexpr int kSlotsPerThread = 8;  // (16 at 256 threads: 166 registers, one block per SM, slower)
+
+// The row-sorted kernel (sddmm_sorted.cu) is the default on products of kSortedMinWork multiply-adds (nnz x batch)
+// and more, where a panel's running sums fit in shared memory (up to about 97%). Measured on an H100
+// (benchmarks/results/history/tune-v12-sddmm-staged.log), ms tile -> row-sorted: 16384^2 b1024 2.94 -> 2.13 at 97%,
+// 1.25-1.32 -> 1.15-1.23 at 99%; 4096^2 b4096 0.97 -> 0.64, 0.50 -> 0.38; 4096^2 b512 0.177 -> 0.138 at 97%;
+// 784x512 b10000 97% (1.2e8) even; smaller products up to 2x slower (blocks of few rows leave warps idle).
+constexpr double kSortedMinWork = 1e8;
 
 // T threads per block of kSlotsPerThread slots: 512 (4096 slots, one block per SM) or 256 (two blocks per SM).
 // In: the activations' type (float, or bf16: converted while staged; the sums and the output stay fp32).
@@ -258,7 +266,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   // every 4096^2 and 16384^2 case, 1.46 vs 2.38 ms at 16384^2 b1024 99%, 0.54 vs 0.72 at 4096^2 b4096.
   const int fm_env = env_int("SPARSELAYER_SDDMM_FM");
   const bool fm = fm_env == 1 || (fm_env != 2 && tiles_r >= kFmMinStagings && tiles_c >= kFmMinStagings);
-  const at::Tensor xt = feature_major(x, fm), dyt = feature_major(grad_y, fm);
+  const at::Tensor xt = feature_major(x, fm), dyt = fm ? feature_major_shared(grad_y, false) : at::Tensor();
   TORCH_CHECK(tiles_c <= 65535, "sparselayer: too many column panels");
   // Small matrices with a long batch: split the batch so that every SM gets work, and sum the splits after.
   const int64_t batch_tiles = (batch + kBt - 1) / kBt;
@@ -332,8 +340,11 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
     if (wide) launch_tiles<2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
     else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   };
-  if (bf16_act) launch(bf16{});
-  else launch(float{});
+  const bool sorted_default = static_cast<double>(nnz) * static_cast<double>(batch) >= kSortedMinWork;
+  if (!(sorted_sddmm_applies(sorted_default, batch) && sorted_sddmm(crow, col, grad_y, x, out, target, splits_out))) {
+    if (bf16_act) launch(bf16{});
+    else launch(float{});
+  }
   const int64_t splits = splits_out;
   if (splits > 1) {
     sum_splits_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, stream>>>(

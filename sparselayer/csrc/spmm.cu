@@ -618,7 +618,9 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
         pvals.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const at::Tensor xt = c.db ? at::Tensor() : feature_major(x, c.fm);
+  // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
+  const at::Tensor xt = c.db || !c.fm ? at::Tensor() : perm_in.defined() ? feature_major_shared(x, true)
+                                                                          : feature_major(x, true);
   if (bf16_act) launch_config<bf16>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
   else launch_config<float>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
   return y;

@@ -19,11 +19,12 @@
 // for the accumulators), with no swizzle; its accumulator k holds batch chunk (k + l) mod 8.
 //
 // Each output element is the same fixed-order sum as in spmm.cu (entries in column order, panel after panel):
-// deterministic, and bit-identical to the panel kernel. The pack needs one device-to-host copy (the padded size),
+// deterministic, and bit-identical to the panel kernel. The pack needs one device-to-host copy (its sizes),
 // so it is not used while a CUDA graph is being captured (the panel kernel is).
-#include "common.cuh"
+#include "sorted.cuh"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <algorithm>
@@ -33,11 +34,7 @@
 namespace sparselayer {
 namespace {
 
-constexpr int kSortedThreads = 512;
 constexpr int kPackThreads = 256;
-constexpr int kMaxSortedR = 1024;  // rows per block (the pack keeps 4 per thread)
-constexpr int kMaxSortedP = 1024;  // columns per panel (segment lengths up to P)
-constexpr int kChunk = 32;         // rows per chunk: one per lane
 
 // Per (row block b, panel p) = bp, R rows o0 + i: sorts the rows with a nonempty segment in panel p by length
 // (descending, counting sort), writes them as items[bp * R + rank] = i | len << 16 (0 past the last, up to a whole
@@ -211,24 +208,6 @@ __device__ __forceinline__ void multiply_chunk(float4 (&a)[8], const int (&rot)[
   }
 }
 
-// The tile [P][32] of x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 31 (copy_tile_plain), with the per-copy index
-// arithmetic hoisted where the tile lies inside x: thread t copies quad t % 8 of columns t / 8 + T / 8 * i (the
-// general loader's arithmetic was a quarter of this kernel's instructions).
-template <int T>
-__device__ __forceinline__ void copy_tile(float* __restrict__ ts, const float* __restrict__ xt, int64_t ld,
-                                          int batch, int n_cols, int b0, int c0, int P) {
-  if (b0 + kBt > batch || c0 + P > n_cols) {  // block-uniform
-    copy_tile_plain<T>(ts, xt, ld, batch, n_cols, b0, c0, P);
-    return;
-  }
-  constexpr int kColsPerStep = T / 8;
-  const int c = threadIdx.x >> 3, quad = threadIdx.x & 7;
-  const float* src = xt + static_cast<int64_t>(c0 + c) * ld + b0 + 4 * quad;
-  float* dst = ts + c * kBt + 4 * quad;
-  const int64_t step = kColsPerStep * ld;
-  for (int i = c; i < P; i += kColsPerStep, src += step, dst += kColsPerStep * kBt) cp_async16(dst, src, 16);
-}
-
 // y[b0 .. b0 + 31, o0 .. o0 + R - 1] = acc (the block's [R][32] accumulators): transposed through the x buffers
 // (rows_per_pass rows at a time, conflict-free both ways) so that the stores to y are coalesced along its rows.
 template <typename Out>
@@ -310,11 +289,22 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
   store_accumulators(acc, xbuf, R, min(R, 2 * P), y, o0, b0, batch, n_rows);
 }
 
-struct SortedConfig {
-  int R, P, smem;
-};
+template <typename Out>
+void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
+                   const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
+  const auto kernel = spmm_sorted_kernel<Out>;
+  allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
+  const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
+  const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
+  kernel<<<grid, kSortedThreads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+      layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
+      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
+      xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
+      reinterpret_cast<Out*>(y.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
-int sorted_smem(int R, int P) { return (R + 2 * P) * kBt * 4 + 16; }
+}  // namespace
 
 // 1024-row blocks (32 chunks per panel for 16 warps, so taking them longest first balances the warps) over the
 // widest panels, up to 512 columns, two tiles of which fit beside the accumulators (384 on an H100: 224 KB, one
@@ -333,12 +323,10 @@ SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int dev
   c.P = std::min({512, cols32, fit});
   if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min({p_env, cols32, fit});
   TORCH_CHECK(c.P >= 32, "sparselayer: ", c.R, "-row blocks leave no room for the x tiles in shared memory");
-  c.smem = sorted_smem(c.R, c.P);
+  c.smem = (c.R + 2 * c.P) * kBt * 4 + 16;  // the spmm kernel's: accumulators and two x tiles
   return c;
 }
 
-// The cached pack of (ptr, idx[, perm]) for row blocks of R and panels of P:
-// {items, chunks, n_chunks, off, src}.
 std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor& idx_in, const at::Tensor& perm_in,
                                       int64_t n_out, int64_t n_cols, const SortedConfig& c) {
   std::vector<at::Tensor> index{ptr_in, idx_in};
@@ -362,10 +350,9 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
         bp_slots.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto bp_end = bp_slots.cumsum(0);
-    int64_t total = 0;
-    C10_CUDA_CHECK(cudaMemcpyAsync(&total, bp_end.data_ptr<int64_t>() + (n_bp - 1), sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, stream));
-    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+    // The padded total (to size off and src) and the largest block's slots (sddmm_sorted's shared memory): one copy.
+    const auto sizes = at::stack({bp_end[n_bp - 1], bp_slots.max()}).cpu();
+    const int64_t total = sizes[0].item<int64_t>();
     TORCH_CHECK(total < std::numeric_limits<int32_t>::max(), "sparselayer: ", total,
                 " padded nonzeros in the row-sorted layout, more than 2^31");
     auto off = at::empty({std::max<int64_t>(total, 1)}, opts.dtype(at::kInt));
@@ -376,26 +363,9 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
         bp_slots.data_ptr<int64_t>(), bp_end.data_ptr<int64_t>(), static_cast<int>(n_out), n_panels, c.R, c.P,
         off.data_ptr<int32_t>(), src.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return std::vector<at::Tensor>{items, chunks, n_chunks, off, src.narrow(0, 0, total)};
+    return std::vector<at::Tensor>{items, chunks, n_chunks, off, src.narrow(0, 0, total), sizes[1]};
   });
 }
-
-template <typename Out>
-void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
-                   const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
-  const auto kernel = spmm_sorted_kernel<Out>;
-  allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
-  const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
-  const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
-  kernel<<<grid, kSortedThreads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
-      layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
-      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
-      xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
-      reinterpret_cast<Out*>(y.data_ptr()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-}  // namespace
 
 bool sorted_spmm_applies(bool default_here, int64_t batch) {
   const int env = env_int("SPARSELAYER_SPMM_SORTED");  // 1: always (fp32 and bf16), 2: never
@@ -417,7 +387,8 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
                                                                      src.numel(), pv.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const at::Tensor xt = feature_major(x, true);
+  // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
+  const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = at::empty({batch, n_out}, x.options());
   if (x.scalar_type() == at::kBFloat16) launch_sorted<bf16>(c, layout, pv, xt, batch, n_cols, n_out, y);
   else launch_sorted<float>(c, layout, pv, xt, batch, n_cols, n_out, y);

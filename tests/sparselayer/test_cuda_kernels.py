@@ -221,8 +221,12 @@ def test_opcheck(dtype):
     torch.library.opcheck(torch.ops.sparselayer.sddmm.default, (crow, col, dy, x))
 
 
-def test_sparse_mlp_step_matches_cpu():
-    """One SGD step of a SparseMLP (forward, loss, backward, update) on CUDA equals the CPU step."""
+@pytest.mark.parametrize("kernels", ["default", "sorted-rows"])
+def test_sparse_mlp_step_matches_cpu(kernels, monkeypatch):
+    """One SGD step of a SparseMLP (forward, loss, backward, update) on CUDA equals the CPU step, also on the
+    row-sorted kernels that large layers get."""
+    if kernels != "default":
+        _force(monkeypatch, kernels)
     seed = _seed()
     g = torch.Generator().manual_seed(seed % (2**31))
     cpu = sparselayer.SparseMLP([784, 300, 200, 10], sparsity=0.9, generator=g)
@@ -263,7 +267,7 @@ KERNEL_VARIANTS = {
     "row-major-staging": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
     # row-sorted (csrc/spmm_sorted.cu): default blocks, many small blocks and panels (several output passes per
     # block), 1024-row blocks (the pack's largest)
-    "sorted-rows": {"SPARSELAYER_SPMM_SORTED": "1"},
+    "sorted-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED": "1"},
     "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
                                  "SPARSELAYER_SORTED_P": "32"},
     "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
@@ -292,13 +296,27 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
-# Every fp32 sddmm kernel, whatever the default picks: 256 or 512 threads, tiles staged from feature-major copies
-# or from the operands' own layouts, wide and short tiles (long runs of a thread's slots in one row) or narrow ones.
-SDDMM_VARIANTS = {"256-threads": {"SPARSELAYER_SDDMM_T": "256"}, "512-threads": {"SPARSELAYER_SDDMM_T": "512"},
-                  "feature-major-staging": {"SPARSELAYER_SDDMM_FM": "1"},
-                  "feature-major-staging-512-threads": {"SPARSELAYER_SDDMM_FM": "1", "SPARSELAYER_SDDMM_T": "512"},
-                  "row-major-staging": {"SPARSELAYER_SDDMM_FM": "2"},
-                  "wide-tiles": {"SPARSELAYER_SDDMM_P": "1024"}, "narrow-tiles": {"SPARSELAYER_SDDMM_P": "32"}}
+# Every fp32 sddmm kernel, whatever the default picks: the tile kernel (sddmm.cu) with 256 or 512 threads, tiles
+# staged from feature-major copies or from the operands' own layouts, wide and short tiles (long runs of a thread's
+# slots in one row) or narrow ones; the row-sorted kernel (sddmm_sorted.cu) with the default blocks, 256 and 512
+# threads, many small blocks and panels, 1024-row blocks, and panels so wide that a dense corner's sums do not fit (the tile kernel takes over).
+_TILES = {"SPARSELAYER_SDDMM_SORTED": "2"}
+SDDMM_VARIANTS = {"256-threads": {**_TILES, "SPARSELAYER_SDDMM_T": "256"},
+                  "512-threads": {**_TILES, "SPARSELAYER_SDDMM_T": "512"},
+                  "feature-major-staging": {**_TILES, "SPARSELAYER_SDDMM_FM": "1"},
+                  "feature-major-staging-512-threads": {**_TILES, "SPARSELAYER_SDDMM_FM": "1",
+                                                        "SPARSELAYER_SDDMM_T": "512"},
+                  "row-major-staging": {**_TILES, "SPARSELAYER_SDDMM_FM": "2"},
+                  "wide-tiles": {**_TILES, "SPARSELAYER_SDDMM_P": "1024"},
+                  "narrow-tiles": {**_TILES, "SPARSELAYER_SDDMM_P": "32"},
+                  "sorted-rows": {"SPARSELAYER_SDDMM_SORTED": "1"},
+                  "sorted-rows-256-threads": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED_T": "256"},
+                  "sorted-rows-512-threads": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED_T": "512"},
+                  "sorted-rows-small-blocks": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
+                                               "SPARSELAYER_SORTED_P": "32"},
+                  "sorted-rows-1024-rows": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
+                                            "SPARSELAYER_SORTED_P": "352"},
+                  "sorted-rows-wide-panels": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_P": "1024"}}
 
 
 @pytest.mark.parametrize("variant", list(SDDMM_VARIANTS))
@@ -364,8 +382,38 @@ def test_cached_layout_follows_the_index(spmm_kernel, monkeypatch):
     check_all(w64, "new index tensors")
 
 
+@pytest.mark.parametrize("kernels", ["default", "sorted-rows"])
+def test_shared_gradient_copy_follows_the_gradient(kernels, monkeypatch):
+    """spmm_t keeps its feature-major copy of the gradient in the layout cache for sddmm: a gradient changed in place,
+    or a new one at a reused address, must never be served the old copy."""
+    if kernels != "default":
+        _force(monkeypatch, kernels)
+    seed = _seed()
+    shape = (1100, 1500, 16500, 0, 70)
+    m, x, grad_y, w64 = _case(shape, torch.float32, "contiguous", seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
+    rows = torch.repeat_interleave(torch.arange(shape[0]), m["crow"].cpu().diff())
+
+    def backward_pair(g, what):
+        gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], g, shape[1])
+        _check(gx, g.double().cpu() @ w64, torch.float32, seed, f"spmm_t, {what}")
+        gv = torch.ops.sparselayer.sddmm(m["crow"], m["col"], g, x)
+        ref = (g.double().cpu().T @ x.double().cpu())[rows, m["col"].cpu()]
+        _check(gv, ref, torch.float32, seed, f"sddmm, {what}")
+        return gv
+
+    first = backward_pair(grad_y, "first")
+    grad_y.mul_(-2.0)  # in place: the version counter moves
+    gv = torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)
+    torch.testing.assert_close(gv, -2.0 * first, rtol=1e-6, atol=1e-6, msg=f"sddmm after an in-place change, seed {seed}")
+    del grad_y, gv
+    torch.cuda.synchronize()
+    fresh = torch.randn(shape[4], shape[0], device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+    backward_pair(fresh, "a new gradient, possibly at the freed address")
+
+
 def test_sorted_kernel_under_graph_capture(monkeypatch):
-    """The row-sorted pack copies its padded size to the host, which a CUDA graph capture forbids: during a capture
+    """The row-sorted pack copies its sizes to the host, which a CUDA graph capture forbids: during a capture
     the products fall back to the panel kernel, and the replayed graph gives the right result."""
     _force(monkeypatch, "sorted-rows")
     seed = _seed()
@@ -381,6 +429,43 @@ def test_sorted_kernel_under_graph_capture(monkeypatch):
     torch.cuda.synchronize()
     _check(captured, x.double().cpu() @ w64.T, torch.float32, seed, "spmm replayed from a graph")
     torch.testing.assert_close(captured, eager, rtol=0, atol=0, msg=f"graph vs row-sorted eager, seed {seed}")
+
+
+def test_sorted_sddmm_under_graph_capture(monkeypatch):
+    """As for spmm: during a capture sddmm falls back from the row-sorted kernel to the tile kernel (another
+    summation order, so equal to the eager result to rounding, not bit for bit)."""
+    _force(monkeypatch, "sorted-rows")
+    seed = _seed()
+    shape = (300, 1000, 9000, 0, 77)
+    m, x, grad_y, _ = _case(shape, torch.float32, "contiguous", seed)
+    rows = torch.repeat_interleave(torch.arange(shape[0]), m["crow"].cpu().diff())
+    ref = (grad_y.double().cpu().T @ x.double().cpu())[rows, m["col"].cpu()]
+    crow, col = m["crow"].clone(), m["col"].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        captured = torch.ops.sparselayer.sddmm(crow, col, grad_y, x)
+    graph.replay()
+    torch.cuda.synchronize()
+    _check(captured, ref, torch.float32, seed, "sddmm replayed from a graph")
+    _check(torch.ops.sparselayer.sddmm(crow, col, grad_y, x), ref, torch.float32, seed, "sddmm, row-sorted eager")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sorted_sddmm_batch_splits(dtype, monkeypatch):
+    """A grid short of blocks splits the batch (here 10 tiles, the last partial, in 2 splits) and adds the splits
+    in order: right, and deterministic."""
+    _force(monkeypatch, "sorted-rows")
+    seed = _seed()
+    shape = (1100, 1500, 16500, 7, 300)
+    m, x, grad_y, _ = _case(shape, dtype, "contiguous", seed)
+    rows = torch.repeat_interleave(torch.arange(shape[0]), m["crow"].cpu().diff())
+    ref = (grad_y.double().cpu().T @ x.double().cpu())[rows, m["col"].cpu()]
+    _poison(shape[2], torch.float32)
+    gv = torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)
+    _check(gv, ref, torch.float32, seed, "sddmm, row-sorted, batch splits")  # fp32 sums of either
+    assert torch.equal(gv, torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)), f"seed {seed}"
 
 
 def test_sparse_linear_after_set_topology():
