@@ -16,7 +16,8 @@ packed order once per call, 2: its kernel reads them through each entry's positi
 the per-topology index layouts every call), SPARSELAYER_SPMM_SORTED (1: the row-sorted spmm kernel, 2: the panel
 kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width), SPARSELAYER_SDDMM_SORTED (1: the
 row-sorted sddmm kernel, 2: the tile kernel), SPARSELAYER_SDDMM_SORTED_T (its threads: 256 or 512), SPARSELAYER_SHARE_FM=2
-(spmm_t and sddmm each copy the gradient feature-major, instead of sharing spmm_t's copy). "step" is the layer step of benchmarks/kernels.py (ops.linear forward and
+(spmm_t and sddmm each copy the gradient feature-major, instead of sharing spmm_t's copy), SPARSELAYER_SORTED_DESC=2 (the
+row-sorted spmm reads each chunk's descriptor from global memory instead of a panel's from shared memory). "step" is the layer step of benchmarks/kernels.py (ops.linear forward and
 backward).
 """
 

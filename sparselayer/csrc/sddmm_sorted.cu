@@ -8,9 +8,9 @@
 // row's 32 grad_y values of the batch tile once into registers for all of the row's entries in the panel.
 //
 // Block: one (row block, panel) x a range of batch tiles; T threads = W warps, W = 16 over 1024-row blocks and
-// 256-column panels where the panel's sums fit beside the rest (about 99%), else W = 8 over 512-row blocks and the
-// forward's panels (384 columns on an H100). Shared memory: two x tiles [P][32] (16-byte cp.async from the
-// feature-major copy of x, the next batch tile's while the current one is multiplied), each warp's grad_y stages
+// 256-column panels where the panel's sums fit beside the rest (about 99%), else W = 8 over 512-row blocks and
+// 384-column panels (on an H100). Shared memory: two x tiles [P][32] (16-byte cp.async from the feature-major copy
+// of x, the next batch tile's while the current one is multiplied), each warp's grad_y stages
 // [2][32][32] (4 KB per chunk), the panel's column offsets [S] and running sums [S] (S = its padded slots, at most
 // the pack's max_bp). Warp w owns chunks w and 2 W - 1 - w (chunks come longest first, so every warp gets one long
 // and one short) for every batch tile. A lane reads its row of a chunk from the stage, and the warp then copies the
@@ -204,7 +204,7 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const int limit = max_smem_optin(device);
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
   // 512 threads over 1024-row blocks and 256-column panels (16 warps; where their sums fit: about 99%), else 256
-  // threads over 512-row blocks and the forward's panels (384 columns on an H100; up to about 97%). Measured on an H100
+  // threads over 512-row blocks and 384-column panels on an H100 (up to about 97%). Measured on an H100
   // (benchmarks/kernels-notes.md, v12). Tuning override SPARSELAYER_SDDMM_SORTED_T: 256 or 512.
   const int t_env = env_int("SPARSELAYER_SDDMM_SORTED_T");
   SortedConfig c{};

@@ -21,8 +21,9 @@ struct SortedConfig {
 };
 
 // The pack's blocks and panels for (n_out, n_cols) products of this batch on this device (environment overrides:
-// SPARSELAYER_SORTED_R, _P). sddmm uses the forward's (same n_out, n_cols and batch), so the two share one pack.
-SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device);
+// SPARSELAYER_SORTED_R, _P): the widest panels of which two x tiles fit beside R rows of accumulators and
+// reserve_bytes more.
+SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes = 0);
 
 // The pack of the CSR (ptr, idx[, perm]) for c.R and c.P, cached per topology (cache.cu):
 //   items    int32 [n_bp * R]           per bp, its rows as rank-ordered items i | len << 16 (0 past the last)

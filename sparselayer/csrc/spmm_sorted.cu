@@ -10,10 +10,10 @@
 // of a segment and stores them at its end, and an entry costs one column offset and one value (coalesced loads from
 // global memory, prefetched a group ahead) for 32 multiply-adds.
 //
-// Block: R output rows (1024) x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats
-// and two x tiles [P][32] of 384 columns (column c of the panel at 128 c bytes, 32 batch values in natural order),
-// the next panel's tile copied (16-byte cp.async from the feature-major copy of x) while the current one is
-// multiplied.
+// Block: R output rows (1024) x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats,
+// two x tiles [P][32] of 352 columns (column c of the panel at 128 c bytes, 32 batch values in natural order) and two
+// panel descriptors (the pack's items and chunks of the (row block, panel)), the next panel's tile and descriptor
+// copied (16-byte cp.async; x from its feature-major copy) while the current one is multiplied.
 // Warps take the panel's chunks longest first from a shared counter. Lane l reads the 8 float4 chunks of a column
 // in the order l, l + 1, .. (mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads (for x and
 // for the accumulators), with no swizzle; its accumulator k holds batch chunk (k + l) mod 8.
@@ -231,20 +231,40 @@ __device__ __forceinline__ void store_accumulators(const float* acc, float* tr, 
   }
 }
 
+// A (row block, panel)'s part of the pack in shared memory: its items [R], chunks [R / 32] (int2) and chunk count,
+// padded to a multiple of 16 bytes (the second buffer's items take 16-byte copies).
+__host__ __device__ constexpr int desc_ints(int R) { return (R + 2 * (R / kChunk) + 1 + 3) / 4 * 4; }
+
+// Copies bp's descriptor (items, chunks, n_chunks) into dst with cp.async; the caller commits and waits.
+template <int T>
+__device__ __forceinline__ void copy_descriptor(int* dst, const int32_t* __restrict__ items,
+                                                const int2* __restrict__ chunks, const int32_t* __restrict__ n_chunks,
+                                                int64_t bp, int R) {
+  const int tid = threadIdx.x;
+  for (int i = tid; i < R / 4; i += T) cp_async16(dst + 4 * i, items + bp * R + 4 * i, 16);
+  for (int i = tid; i < R / kChunk; i += T) cp_async8(dst + R + 2 * i, chunks + bp * (R / kChunk) + i);
+  if (tid == 0) cp_async4(dst + R + 2 * (R / kChunk), n_chunks + bp, true);
+}
+
 // items, chunks, n_chunks: the pack (sorted_rank_kernel, sorted_fill_kernel) for row blocks of R and panels of P;
 // off, pv: column byte offsets and values per slot; xt: x feature-major (row c holds x[:, c], rows of ldt floats).
+// A panel's descriptor arrives in shared memory with its x tile (staged: by Nsight Compute, a quarter of the warps'
+// stalls were the two dependent global loads of a chunk's descriptor and then its first entries); staged false reads
+// it from global memory (tuning override SPARSELAYER_SORTED_DESC=2).
 template <typename Out>
 __global__ void __launch_bounds__(kSortedThreads, 1)
 spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                    const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                    const float* __restrict__ pv, const float* __restrict__ xt, int64_t ldt, int batch, int n_cols,
-                   int n_rows, int n_panels, int P, int R, Out* __restrict__ y) {
+                   int n_rows, int n_panels, int P, int R, bool staged, Out* __restrict__ y) {
   constexpr int T = kSortedThreads;
   extern __shared__ float4 smem4[];
   float* acc = reinterpret_cast<float*>(smem4);  // [R][32]
   float* xbuf = acc + R * kBt;                    // 2 x [P][32]
-  int* next_chunk = reinterpret_cast<int*>(xbuf + 2 * P * kBt);  // [2] (no static shared memory: allow_smem
-                                                                 // opts every kernel into the whole maximum)
+  int* next_chunk = reinterpret_cast<int*>(xbuf + 2 * P * kBt);  // [2] (+2 padding; no static shared memory:
+                                                                 // allow_smem opts every kernel into the maximum)
+  int* desc = next_chunk + 4;                                    // 2 x [desc_ints(R)]
+  const int D = desc_ints(R);
   const int tid = threadIdx.x, lane = tid & 31;
   const int b0 = blockIdx.y * kBt, o0 = blockIdx.x * R;
   int rot[8];
@@ -254,25 +274,31 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
   for (int i = tid; i < R * kBt / 4; i += T) smem4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   if (tid < 2) next_chunk[tid] = 0;
   copy_tile<T>(xbuf, xt, ldt, batch, n_cols, b0, 0, P);
+  if (staged) copy_descriptor<T>(desc, items, chunks, n_chunks, static_cast<int64_t>(blockIdx.x) * n_panels, R);
   cp_async_commit();
   for (int p = 0; p < n_panels; ++p) {
     cp_async_wait<0>();
-    __syncthreads();  // tile p is in; every warp is done with panel p - 1 (its tile buffer and counter are free)
+    __syncthreads();  // tile p is in; every warp is done with panel p - 1 (its buffers and counter are free)
+    const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
     if (p + 1 < n_panels) {
       copy_tile<T>(xbuf + ((p + 1) & 1) * P * kBt, xt, ldt, batch, n_cols, b0, (p + 1) * P, P);
+      if (staged) copy_descriptor<T>(desc + ((p + 1) & 1) * D, items, chunks, n_chunks, bp + 1, R);
       cp_async_commit();
     }
     if (tid == 0) next_chunk[(p + 1) & 1] = 0;
     const char* xs = reinterpret_cast<const char*>(xbuf + (p & 1) * P * kBt);
-    const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
-    const int nc = __ldg(n_chunks + bp);
+    const int* d_items = desc + (p & 1) * D;
+    const int2* d_chunks = reinterpret_cast<const int2*>(d_items + R);
+    const int nc = staged ? d_items[R + 2 * (R / kChunk)] : __ldg(n_chunks + bp);
     for (;;) {
       int ci = 0;
       if (lane == 0) ci = atomicAdd(&next_chunk[p & 1], 1);
       ci = __shfl_sync(0xffffffffu, ci, 0);
       if (ci >= nc) break;
-      const int2 ch = __ldg(chunks + bp * (R / kChunk) + ci);  // (first slot, longest segment)
-      const int item = __ldg(items + bp * R + ci * kChunk + lane), len = item >> 16;
+      // (first slot, longest segment), and the lane's row | length << 16
+      const int2 ch = staged ? d_chunks[ci] : __ldg(chunks + bp * (R / kChunk) + ci);
+      const int item = staged ? d_items[ci * kChunk + lane] : __ldg(items + bp * R + ci * kChunk + lane);
+      const int len = item >> 16;
       char* arow = reinterpret_cast<char*>(acc + (item & 0xffff) * kBt);
       float4 a[8];
 #pragma unroll
@@ -300,18 +326,19 @@ void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout,
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
       xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
-      reinterpret_cast<Out*>(y.data_ptr()));
+      env_int("SPARSELAYER_SORTED_DESC") != 2, reinterpret_cast<Out*>(y.data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 // 1024-row blocks (32 chunks per panel for 16 warps, so taking them longest first balances the warps) over the
-// widest panels, up to 512 columns, two tiles of which fit beside the accumulators (384 on an H100: 224 KB, one
-// block per SM); fewer rows where the grid would not fill the GPU. Measured on an H100 (benchmarks/kernels-notes.md,
-// v11): 16384^2 b1024 forward 1.11 vs 1.15-1.20 ms (512 x 512) at 99%, 1.89 vs 2.02 at 97%; 768 or 384 rows and
-// 256-column panels were slower. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
-SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device) {
+// widest panels, up to 512 columns, two tiles of which fit beside the accumulators and the reserve (the forward's
+// two panel descriptors: 352 columns on an H100, 227 KB, one block per SM); fewer rows where the grid would not fill
+// the GPU. Measured on an H100 (benchmarks/kernels-notes.md, v11): 16384^2 b1024 forward 1.11 vs 1.15-1.20 ms
+// (512 x 512) at 99%, 1.89 vs 2.02 at 97%, 1024 x 352 as fast as 1024 x 384; 768 or 384 rows and 256-column panels
+// were slower. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
+SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes) {
   SortedConfig c{};
   const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, kMaxSortedP));
   c.R = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, kMaxSortedR));
@@ -319,11 +346,12 @@ SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int dev
   while (c.R > 128 && ((n_out + c.R - 1) / c.R) * tiles < num_sms(device)) c.R = (c.R / 2 + 31) / 32 * 32;
   const int r_env = env_int("SPARSELAYER_SORTED_R"), p_env = env_int("SPARSELAYER_SORTED_P");
   if (r_env >= 32 && r_env <= kMaxSortedR && r_env % 32 == 0) c.R = r_env;
-  const int fit = (max_smem_optin(device) / (kBt * 4) - c.R) / 2 / 32 * 32;  // columns of two tiles beside R rows
+  // columns of two tiles beside R rows and the reserve
+  const int fit = ((max_smem_optin(device) - reserve_bytes) / (kBt * 4) - c.R) / 2 / 32 * 32;
   c.P = std::min({512, cols32, fit});
   if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min({p_env, cols32, fit});
   TORCH_CHECK(c.P >= 32, "sparselayer: ", c.R, "-row blocks leave no room for the x tiles in shared memory");
-  c.smem = (c.R + 2 * c.P) * kBt * 4 + 16;  // the spmm kernel's: accumulators and two x tiles
+  c.smem = (c.R + 2 * c.P) * kBt * 4 + reserve_bytes;
   return c;
 }
 
@@ -377,7 +405,8 @@ bool sorted_spmm_applies(bool default_here, int64_t batch) {
 at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out) {
   const int64_t batch = x.size(0), n_cols = x.size(1);
-  const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device());
+  // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
+  const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);
   const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
   const at::Tensor& src = layout[4];
   auto pv = at::empty({std::max<int64_t>(src.numel(), 1)}, vals.options());

@@ -268,6 +268,7 @@ KERNEL_VARIANTS = {
     # row-sorted (csrc/spmm_sorted.cu): default blocks, many small blocks and panels (several output passes per
     # block), 1024-row blocks (the pack's largest)
     "sorted-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED": "1"},
+    "sorted-rows-global-descriptors": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_DESC": "2"},
     "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
                                  "SPARSELAYER_SORTED_P": "32"},
     "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
