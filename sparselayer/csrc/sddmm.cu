@@ -33,10 +33,10 @@ constexpr int kFmMinStagings = 4;
 constexpr int kSlotsPerThread = 8;  // (16 at 256 threads: 166 registers, one block per SM, slower)
 
 // The row-sorted kernel (sddmm_sorted.cu) is the default on products of kSortedMinWork multiply-adds (nnz x batch)
-// and more, where a panel's running sums fit in shared memory (up to about 97%). Measured on an H100
-// (benchmarks/results/history/tune-v12-sddmm-staged.log), ms tile -> row-sorted: 16384^2 b1024 2.94 -> 2.13 at 97%,
-// 1.25-1.32 -> 1.15-1.23 at 99%; 4096^2 b4096 0.97 -> 0.64, 0.50 -> 0.38; 4096^2 b512 0.177 -> 0.138 at 97%;
-// 784x512 b10000 97% (1.2e8) even; smaller products up to 2x slower (blocks of few rows leave warps idle).
+// and more whose grid fills the GPU (it declines otherwise, and where a panel's sums do not fit). Measured on an H100
+// (benchmarks/results/history/tune-v12-sddmm-staged.log, tune-v12-narrow-panels.log), ms tile -> row-sorted:
+// 16384^2 b1024 8.06 -> 5.56 at 90%, 2.94 -> 2.13 at 97%, 1.25-1.32 -> 1.15-1.23 at 99%; 4096^2 b4096 2.39 -> 1.63,
+// 0.97 -> 0.64, 0.50 -> 0.38; 4096^2 b512 0.177 -> 0.138 at 97%; smaller products up to 2x slower.
 constexpr double kSortedMinWork = 1e8;
 
 // T threads per block of kSlotsPerThread slots: 512 (4096 slots, one block per SM) or 256 (two blocks per SM).

@@ -9,7 +9,7 @@
 //
 // Block: one (row block, panel) x a range of batch tiles; T threads = W warps, W = 16 over 1024-row blocks and
 // 256-column panels where the panel's sums fit beside the rest (about 99%), else W = 8 over 512-row blocks and
-// 384-column panels (on an H100). Shared memory: two x tiles [P][32] (16-byte cp.async from the feature-major copy
+// panels of up to 384 columns (on an H100), narrower where the sums need the room. Shared memory: two x tiles [P][32] (16-byte cp.async from the feature-major copy
 // of x, the next batch tile's while the current one is multiplied), each warp's grad_y stages
 // [2][32][32] (4 KB per chunk), the panel's column offsets [S] and running sums [S] (S = its padded slots, at most
 // the pack's max_bp). Warp w owns chunks w and 2 W - 1 - w (chunks come longest first, so every warp gets one long
@@ -24,7 +24,8 @@
 // kernel 1.26), 2.13 at 97% (tile 2.94); 4096^2 b4096 0.38 and 0.66 (tile 0.50 and 0.97). A first version had each
 // lane load its own grad_y row into registers (one load instruction touching 32 cache lines): 25% slower than the
 // tile kernel at 99%, its L1 busier with those loads than with the x reads. sddmm.cu picks this kernel on products
-// of 1e8 multiply-adds and more; it declines (returns false) where the densest panel's sums do not fit (90%).
+// of 1e8 multiply-adds and more, with panels narrowed until a panel's sums fit (224 columns at 90%); it declines
+// (returns false) where the densest panel's sums still do not fit.
 #include "sorted.cuh"
 
 #include <ATen/ops/empty.h>
@@ -204,8 +205,9 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const int limit = max_smem_optin(device);
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
   // 512 threads over 1024-row blocks and 256-column panels (16 warps; where their sums fit: about 99%), else 256
-  // threads over 512-row blocks and 384-column panels on an H100 (up to about 97%). Measured on an H100
-  // (benchmarks/kernels-notes.md, v12). Tuning override SPARSELAYER_SDDMM_SORTED_T: 256 or 512.
+  // threads over 512-row blocks and the widest panels, up to 384 columns on an H100, whose sums fit (384 up to about
+  // 97%, 224 at 90%). Measured on an H100 (benchmarks/kernels-notes.md, v12). Tuning override
+  // SPARSELAYER_SDDMM_SORTED_T: 256 or 512.
   const int t_env = env_int("SPARSELAYER_SDDMM_SORTED_T");
   SortedConfig c{};
   int threads = 0;
@@ -213,10 +215,12 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
     if (t_env != 0 && t_env != t) continue;
     SortedConfig k = choose_sorted(n_out, n_in, batch, device);
     k.R = std::min(k.R, 2 * t);
-    if (t == 512) {
-      if (k.R < 1024 && t_env != 512) continue;  // fewer than 32 chunks: warps of one chunk each, unbalanced
-      k.P = std::min(k.P, 256);
-    }
+    if (t == 512 && k.R < 1024 && t_env != 512) continue;  // fewer than 32 chunks: warps of one chunk, unbalanced
+    // The widest panels whose average sums, with 10% for the padding and the spread between panels, fit.
+    const double per_column = 2 * kBt * 4 + 8 * 1.1 * density * k.R;
+    const int fit = static_cast<int>((limit - sorted_sddmm_smem(SortedConfig{k.R, 0, 0}, t, 0)) / per_column) / 32 * 32;
+    k.P = std::min(k.P, t == 512 ? 256 : fit);
+    if (k.P < 32 || (t == 512 && fit < 256)) continue;
     // Where an average panel's sums would not fit, neither will the densest's: no pack built only to be dropped.
     if (sorted_sddmm_smem(k, t, static_cast<int64_t>(density * k.R * k.P)) <= limit) {
       c = k;
@@ -225,17 +229,20 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
     }
   }
   if (threads == 0) return false;
+  const int n_panels = static_cast<int>((n_in + c.P - 1) / c.P);
+  const int64_t n_blocks = (n_out + c.R - 1) / c.R, n_tiles = (batch + kBt - 1) / kBt;
+  splits = choose_splits(n_blocks * n_panels, n_tiles, num_sms(device));
+  const int64_t tiles_per_split = (n_tiles + splits - 1) / splits;
+  splits = (n_tiles + tiles_per_split - 1) / tiles_per_split;
+  // A grid that leaves most SMs idle (a matrix of a few row blocks and panels, 784 x 512 at 97%: 16 blocks with the
+  // batch split 8 ways) runs 2-3x slower than the tile kernel: declined unless forced.
+  if (2 * n_blocks * n_panels * splits < num_sms(device) && env_int("SPARSELAYER_SDDMM_SORTED") != 1) return false;
   const at::Tensor dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
   if (static_cast<double>(n_out) * dyt.stride(0) >= 2147483647.0) return false;  // int32 row offsets
   const auto layout = sorted_layout(crow, col, at::Tensor(), n_out, n_in, c);
   const int64_t max_slots = layout[5].item<int64_t>();
   const int smem = sorted_sddmm_smem(c, threads, max_slots);
   if (max_slots <= 0 || smem > limit) return false;  // the densest panel's sums do not fit
-  const int n_panels = static_cast<int>((n_in + c.P - 1) / c.P);
-  const int64_t n_blocks = (n_out + c.R - 1) / c.R, n_tiles = (batch + kBt - 1) / kBt;
-  splits = choose_splits(n_blocks * n_panels, n_tiles, num_sms(device));
-  const int64_t tiles_per_split = (n_tiles + splits - 1) / splits;
-  splits = (n_tiles + tiles_per_split - 1) / tiles_per_split;
   TORCH_CHECK(n_panels <= 65535, "sparselayer: too many column panels");
   const at::Tensor xt = feature_major(x, true);
   target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
