@@ -237,13 +237,14 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   // A grid that leaves most SMs idle (a matrix of a few row blocks and panels, 784 x 512 at 97%: 16 blocks with the
   // batch split 8 ways) runs 2-3x slower than the tile kernel: declined unless forced.
   if (2 * n_blocks * n_panels * splits < num_sms(device) && env_int("SPARSELAYER_SDDMM_SORTED") != 1) return false;
-  const at::Tensor dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
-  if (static_cast<double>(n_out) * dyt.stride(0) >= 2147483647.0) return false;  // int32 row offsets
   const auto layout = sorted_layout(crow, col, at::Tensor(), n_out, n_in, c);
   const int64_t max_slots = layout[5].item<int64_t>();
   const int smem = sorted_sddmm_smem(c, threads, max_slots);
   if (max_slots <= 0 || smem > limit) return false;  // the densest panel's sums do not fit
   TORCH_CHECK(n_panels <= 65535, "sparselayer: too many column panels");
+  const at::Tensor dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
+  // The kernel's grad_y row offsets are int32: larger products go to the tile kernel.
+  if (static_cast<double>(n_out) * dyt.stride(0) >= 2147483647.0) return false;
   const at::Tensor xt = feature_major(x, true);
   target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
   const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels), static_cast<unsigned>(splits));
