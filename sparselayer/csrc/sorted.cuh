@@ -10,7 +10,7 @@
 
 namespace sparselayer {
 
-constexpr int kSortedThreads = 512;  // threads of both row-sorted kernels
+constexpr int kSortedThreads = 512;  // threads of the row-sorted spmm kernel (sddmm_sorted.cu picks 256 or 512)
 constexpr int kMaxSortedR = 1024;    // rows per block (the pack keeps 4 per thread; 32 chunks for 16 warps)
 constexpr int kMaxSortedP = 1024;    // columns per panel (segment lengths up to P)
 constexpr int kChunk = 32;           // rows per chunk: one per lane

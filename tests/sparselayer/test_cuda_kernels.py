@@ -250,6 +250,10 @@ def test_sparse_mlp_step_matches_cpu(kernels, monkeypatch):
 # itself; double-buffered cp.async; the row-sorted kernel with small and large blocks),
 # whatever the default picks: the launchers' tuning overrides (benchmarks/tune.py) force each one.
 _PANEL = {"SPARSELAYER_SPMM_SORTED": "2"}
+# Block shapes of the row-sorted pack, shared by the spmm and sddmm variants: many small blocks and panels (several
+# output passes per block), and 1024-row blocks (the pack's largest).
+_SORTED_SMALL_BLOCKS = {"SPARSELAYER_SORTED_R": "96", "SPARSELAYER_SORTED_P": "32"}
+_SORTED_1024_ROWS = {"SPARSELAYER_SORTED_R": "1024", "SPARSELAYER_SORTED_P": "352"}
 KERNEL_VARIANTS = {
     "single-buffered": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "256"},
     "single-buffered-512-threads": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_T": "512",
@@ -265,14 +269,11 @@ KERNEL_VARIANTS = {
     "feature-major-staging-two-batch-tiles": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "1",
                                               "SPARSELAYER_SPMM_NB": "2"},
     "row-major-staging": {**_PANEL, "SPARSELAYER_SPMM_DB": "2", "SPARSELAYER_SPMM_FM": "2"},
-    # row-sorted (csrc/spmm_sorted.cu): default blocks, many small blocks and panels (several output passes per
-    # block), 1024-row blocks (the pack's largest)
+    # row-sorted (csrc/spmm_sorted.cu): default blocks, descriptors read from global memory, small and large blocks
     "sorted-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED": "1"},
     "sorted-rows-global-descriptors": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_DESC": "2"},
-    "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
-                                 "SPARSELAYER_SORTED_P": "32"},
-    "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
-                              "SPARSELAYER_SORTED_P": "352"},
+    "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_SMALL_BLOCKS},
+    "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_1024_ROWS},
 }
 
 
@@ -300,7 +301,8 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
 # Every fp32 sddmm kernel, whatever the default picks: the tile kernel (sddmm.cu) with 256 or 512 threads, tiles
 # staged from feature-major copies or from the operands' own layouts, wide and short tiles (long runs of a thread's
 # slots in one row) or narrow ones; the row-sorted kernel (sddmm_sorted.cu) with the default blocks, 256 and 512
-# threads, many small blocks and panels, 1024-row blocks, and panels so wide that a dense corner's sums do not fit (the tile kernel takes over).
+# threads, small and large blocks, and panels so wide that a dense corner's sums do not fit (the tile kernel takes
+# over).
 _TILES = {"SPARSELAYER_SDDMM_SORTED": "2"}
 SDDMM_VARIANTS = {"256-threads": {**_TILES, "SPARSELAYER_SDDMM_T": "256"},
                   "512-threads": {**_TILES, "SPARSELAYER_SDDMM_T": "512"},
@@ -313,10 +315,8 @@ SDDMM_VARIANTS = {"256-threads": {**_TILES, "SPARSELAYER_SDDMM_T": "256"},
                   "sorted-rows": {"SPARSELAYER_SDDMM_SORTED": "1"},
                   "sorted-rows-256-threads": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED_T": "256"},
                   "sorted-rows-512-threads": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SDDMM_SORTED_T": "512"},
-                  "sorted-rows-small-blocks": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
-                                               "SPARSELAYER_SORTED_P": "32"},
-                  "sorted-rows-1024-rows": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_R": "1024",
-                                            "SPARSELAYER_SORTED_P": "352"},
+                  "sorted-rows-small-blocks": {"SPARSELAYER_SDDMM_SORTED": "1", **_SORTED_SMALL_BLOCKS},
+                  "sorted-rows-1024-rows": {"SPARSELAYER_SDDMM_SORTED": "1", **_SORTED_1024_ROWS},
                   "sorted-rows-wide-panels": {"SPARSELAYER_SDDMM_SORTED": "1", "SPARSELAYER_SORTED_P": "1024"}}
 
 
