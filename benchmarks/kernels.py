@@ -54,10 +54,19 @@ SHAPES = [  # (n_in, n_out, batch)
 SPARSITIES = [0.9, 0.97, 0.99]
 
 
-def bench(fn, target_ms: float = 300.0, min_reps: int = 10, max_reps: int = 200, warm: int = 5) -> float:
-    """Median milliseconds of fn() over repeats timed with CUDA events, after a warm-up."""
-    for _ in range(warm):
+def bench(fn, target_ms: float = 300.0, min_reps: int = 10, max_reps: int = 200, warm: int = 5,
+          warm_ms: float = 50.0) -> float:
+    """Median milliseconds of fn() over repeats timed with CUDA events, after a warm-up of at least `warm` calls
+    and `warm_ms` milliseconds. Each repeat waits for the previous one (as ../shared/anchors/anchors.py does), so a
+    timing includes the launch of the op's first kernel; timings of one kernel within one run spread by up to about
+    10% at 0.4-0.7 ms (benchmarks/kernels-notes.md, v13)."""
+    t_end = time.perf_counter() + warm_ms / 1e3
+    n = 0
+    while n < warm or time.perf_counter() < t_end:
         fn()
+        n += 1
+        if n % 8 == 0:
+            torch.cuda.synchronize()  # the clock measures the GPU's work, not the launch queue's
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
@@ -128,17 +137,14 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
         r["ours_step_nocache_ms"] = bench(our_step)
     finally:
         os.environ.pop("SPARSELAYER_NO_CACHE", None)
-    if n_in * n_out >= 4096 * 4096:  # the other fp32 spmm kernel, for the record (same sums, same order)
-        # the launcher's default: double-buffered from 5% density and 2e9 multiply-adds (csrc/spmm.cu)
-        default_db = nnz / (n_out * n_in) >= 0.05 and nnz * batch >= 2e9
-        other = "2" if default_db else "1"
-        os.environ["SPARSELAYER_SPMM_DB"] = other
-        try:
-            r["other_kernel"] = {"1": "double-buffered", "2": "single-buffered"}[other]
-            r["ours_fwd_other_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
-            r["ours_spmm_t_other_ms"] = bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in))
-        finally:
-            os.environ.pop("SPARSELAYER_SPMM_DB", None)
+    if n_in * n_out >= 4096 * 4096:  # both fp32 spmm kernels, for the record (same sums, same order)
+        for name, env in (("row-sorted", "1"), ("panel", "2")):
+            os.environ["SPARSELAYER_SPMM_SORTED"] = env
+            try:
+                r[f"ours_fwd_{name}_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
+                r[f"ours_spmm_t_{name}_ms"] = bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in))
+            finally:
+                os.environ.pop("SPARSELAYER_SPMM_SORTED", None)
     r.update(bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out))
     if n_in * n_out <= 1024 * 1024:  # small shapes: where does the time go?
         r.update(overhead(crow, col, values, x, n_out))
@@ -344,12 +350,14 @@ def table(res: dict) -> str:
         if "ours_fwd_nocache_ms" in r:
             lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: fwd {r['ours_fwd_ms']:.3f} vs "
                          f"{r['ours_fwd_nocache_ms']:.3f}; step {r['ours_step_ms']:.3f} vs {r['ours_step_nocache_ms']:.3f}")
-    lines += ["", "The other fp32 spmm kernel (not the default at this density), fwd / spmm_t ms, default in brackets", ""]
+    lines += ["", "Both fp32 spmm kernels forced (csrc/spmm_sorted.cu, csrc/spmm.cu's panel kernels at their own "
+              "defaults), fwd / spmm_t ms, the default's own timing in brackets", ""]
     for r in res["cases"]:
-        if "ours_fwd_other_ms" in r:
-            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: {r['other_kernel']} "
-                         f"{r['ours_fwd_other_ms']:.3f} [{r['ours_fwd_ms']:.3f}] / {r['ours_spmm_t_other_ms']:.3f} "
-                         f"[{r['ours_spmm_t_ms']:.3f}]")
+        if "ours_fwd_panel_ms" in r:
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: row-sorted "
+                         f"{r['ours_fwd_row-sorted_ms']:.3f} / {r['ours_spmm_t_row-sorted_ms']:.3f}, panel "
+                         f"{r['ours_fwd_panel_ms']:.3f} / {r['ours_spmm_t_panel_ms']:.3f} [{r['ours_fwd_ms']:.3f} / "
+                         f"{r['ours_spmm_t_ms']:.3f}]")
     small = [r for r in res["cases"] if "fwd_direct_op_ms" in r]
     if small:
         lines += ["", "Small shapes, forward: through ops.spmm / the bare torch.ops call / its kernels alone (GPU time "

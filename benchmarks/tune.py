@@ -15,7 +15,8 @@ SPARSELAYER_SPMM_FM (1: stage x from a feature-major copy with 16-byte cp.async,
 packed order once per call, 2: its kernel reads them through each entry's position), SPARSELAYER_NO_CACHE=1 (rebuild
 the per-topology index layouts every call), SPARSELAYER_SPMM_SORTED (1: the row-sorted spmm kernel, 2: the panel
 kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width), SPARSELAYER_SDDMM_SORTED (1: the
-row-sorted sddmm kernel, 2: the tile kernel), SPARSELAYER_SDDMM_SORTED_T (its threads: 256 or 512), SPARSELAYER_SHARE_FM=2
+row-sorted sddmm kernel, 2: the tile kernel), SPARSELAYER_SDDMM_SORTED_T (its threads: 256 or 512),
+SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel its 512-thread shape takes, default 256), SPARSELAYER_SHARE_FM=2
 (spmm_t and sddmm each copy the gradient feature-major, instead of sharing spmm_t's copy), SPARSELAYER_SORTED_DESC=2 (the
 row-sorted spmm reads each chunk's descriptor from global memory instead of a panel's from shared memory). "step" is the layer step of benchmarks/kernels.py (ops.linear forward and
 backward).

@@ -75,17 +75,17 @@ at::Tensor feature_major_shared(const at::Tensor& m, bool store);
 at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                            const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
-// The row-sorted kernel (spmm_sorted.cu) for csr_times_dense's product: used where SPARSELAYER_SPMM_SORTED says
-// so (1 always, 2 never) or else where `default_here`, and never while the current stream captures a CUDA graph.
-bool sorted_spmm_applies(bool default_here, int64_t batch);
+// Whether a row-sorted kernel runs: where the environment variable `override` says so (1 always, 2 never), else
+// where `default_here`; never while the current stream captures a CUDA graph (its pack copies sizes to the host),
+// nor for batches whose tile offsets would pass 2^31. SPARSELAYER_SPMM_SORTED for csr_times_dense's product
+// (spmm_sorted.cu), SPARSELAYER_SDDMM_SORTED for sddmm (sddmm_sorted.cu).
+bool sorted_kernel_applies(const char* override, bool default_here, int64_t batch);
 at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
-// The row-sorted sddmm (sddmm_sorted.cu): used where SPARSELAYER_SDDMM_SORTED says so (1 always, 2 never) or else
-// where `default_here`, never during a CUDA graph capture. sorted_sddmm writes the float32 sums of batch split z to
-// target[z] (target = out when splits is 1; the caller adds the splits in order) and returns false, launching
-// nothing, where the densest panel's running sums do not fit in shared memory.
-bool sorted_sddmm_applies(bool default_here, int64_t batch);
+// The row-sorted sddmm (sddmm_sorted.cu), where sorted_kernel_applies("SPARSELAYER_SDDMM_SORTED", ..): writes the
+// float32 sums of batch split z to target[z] (target = out when splits is 1; the caller adds the splits in order)
+// and returns false, launching nothing, where the densest panel's running sums do not fit in shared memory.
 bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
                   const at::Tensor& out, at::Tensor& target, int64_t& splits);
 
@@ -265,6 +265,16 @@ __device__ __forceinline__ void copy_tile_plain(float* __restrict__ ts, const fl
     const int bytes = gc < ncols && gb < nrows ? 4 * min(4, nrows - gb) : 0;
     cp_async16(ts + c * kBt + 4 * qd, bytes ? mt + gc * ld + gb : mt, bytes);
   }
+}
+
+// Inclusive prefix sum of v over the lanes of a (full) warp.
+__device__ __forceinline__ int warp_inclusive_sum(int v, int lane) {
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += n;
+  }
+  return v;
 }
 
 __device__ __forceinline__ void fma4(float4& acc, float v, const float4& x) {

@@ -88,12 +88,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
       total += e - s;
     }
   }
-  int incl = total;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += n;
-  }
+  const int incl = warp_inclusive_sum(total, lane);
   if (lane == 31) warp_sum[warp] = incl;
   __syncthreads();
   if (tid == 0) {
@@ -341,7 +336,8 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
     else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   };
   const bool sorted_default = static_cast<double>(nnz) * static_cast<double>(batch) >= kSortedMinWork;
-  if (!(sorted_sddmm_applies(sorted_default, batch) && sorted_sddmm(crow, col, grad_y, x, out, target, splits_out))) {
+  if (!(sorted_kernel_applies("SPARSELAYER_SDDMM_SORTED", sorted_default, batch) &&
+        sorted_sddmm(crow, col, grad_y, x, out, target, splits_out))) {
     if (bf16_act) launch(bf16{});
     else launch(float{});
   }

@@ -25,11 +25,10 @@
 // lane load its own grad_y row into registers (one load instruction touching 32 cache lines): 25% slower than the
 // tile kernel at 99%, its L1 busier with those loads than with the x reads. sddmm.cu picks this kernel on products
 // of 1e8 multiply-adds and more, with panels narrowed until a panel's sums fit (224 columns at 90%); it declines
-// (returns false) where the densest panel's sums still do not fit.
+// (returns false) where the densest panel's sums fit neither block shape.
 #include "sorted.cuh"
 
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <algorithm>
 
@@ -191,13 +190,6 @@ int64_t choose_splits(int64_t blocks, int64_t n_tiles, int sms) {
 
 }  // namespace
 
-bool sorted_sddmm_applies(bool default_here, int64_t batch) {
-  const int env = env_int("SPARSELAYER_SDDMM_SORTED");  // 1: always (where the panel's sums fit), 2: never
-  if (env == 2 || batch >= (int64_t{1} << 31) / kBt) return false;
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return false;
-  return env == 1 || default_here;
-}
-
 bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
                   const at::Tensor& out, at::Tensor& target, int64_t& splits) {
   const int64_t batch = x.size(0), n_in = x.size(1), n_out = crow.numel() - 1, nnz = col.numel();
@@ -206,11 +198,16 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
   // 512 threads over 1024-row blocks and 256-column panels (16 warps; where their sums fit: about 99%), else 256
   // threads over 512-row blocks and the widest panels, up to 384 columns on an H100, whose sums fit (384 up to about
-  // 97%, 224 at 90%). Measured on an H100 (benchmarks/kernels-notes.md, v12). Tuning override
-  // SPARSELAYER_SDDMM_SORTED_T: 256 or 512.
-  const int t_env = env_int("SPARSELAYER_SDDMM_SORTED_T");
+  // 97%, 224 at 90%). Each shape is tried in turn until the densest panel's sums fit. Measured on an H100
+  // (benchmarks/kernels-notes.md, v12; v13: 16 warps over panels narrowed to 192 columns at 97% were slower than 8
+  // warps over 384, 16384^2 2.15 vs 2.05 ms). Tuning overrides: SPARSELAYER_SDDMM_SORTED_T (256 or 512),
+  // SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel the 16-warp kernel takes, default 256).
+  const int t_env = env_int("SPARSELAYER_SDDMM_SORTED_T"), min_p_env = env_int("SPARSELAYER_SDDMM_SORTED_MIN_P");
+  const bool forced = env_int("SPARSELAYER_SDDMM_SORTED") == 1;
   SortedConfig c{};
-  int threads = 0;
+  int threads = 0, n_panels = 0;
+  int64_t n_blocks = 0, n_tiles = (batch + kBt - 1) / kBt, tiles_per_split = 0, max_slots = 0;
+  std::vector<at::Tensor> layout;
   for (const int t : {512, 256}) {
     if (t_env != 0 && t_env != t) continue;
     SortedConfig k = choose_sorted(n_out, n_in, batch, device);
@@ -219,28 +216,28 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
     // The widest panels whose average sums, with 10% for the padding and the spread between panels, fit.
     const double per_column = 2 * kBt * 4 + 8 * 1.1 * density * k.R;
     const int fit = static_cast<int>((limit - sorted_sddmm_smem(SortedConfig{k.R, 0, 0}, t, 0)) / per_column) / 32 * 32;
-    k.P = std::min(k.P, t == 512 ? 256 : fit);
-    if (k.P < 32 || (t == 512 && fit < 256)) continue;
+    k.P = std::min(k.P, t == 512 ? std::min(256, fit) : fit);
+    if (k.P < (t == 512 ? (min_p_env > 0 ? min_p_env : 256) : 32)) continue;
     // Where an average panel's sums would not fit, neither will the densest's: no pack built only to be dropped.
-    if (sorted_sddmm_smem(k, t, static_cast<int64_t>(density * k.R * k.P)) <= limit) {
+    if (sorted_sddmm_smem(k, t, static_cast<int64_t>(density * k.R * k.P)) > limit) continue;
+    n_panels = static_cast<int>((n_in + k.P - 1) / k.P);
+    n_blocks = (n_out + k.R - 1) / k.R;
+    splits = choose_splits(n_blocks * n_panels, n_tiles, num_sms(device));
+    tiles_per_split = (n_tiles + splits - 1) / splits;
+    splits = (n_tiles + tiles_per_split - 1) / tiles_per_split;
+    // A grid that leaves most SMs idle (a matrix of a few row blocks and panels, 784 x 512 at 97%: 16 blocks with
+    // the batch split 8 ways) runs 2-3x slower than the tile kernel: declined unless forced.
+    if (2 * n_blocks * n_panels * splits < num_sms(device) && !forced) continue;
+    layout = sorted_layout(crow, col, at::Tensor(), n_out, n_in, k);
+    max_slots = layout[5].item<int64_t>();
+    if (max_slots > 0 && sorted_sddmm_smem(k, t, max_slots) <= limit) {  // the densest panel's sums fit
       c = k;
       threads = t;
       break;
     }
   }
   if (threads == 0) return false;
-  const int n_panels = static_cast<int>((n_in + c.P - 1) / c.P);
-  const int64_t n_blocks = (n_out + c.R - 1) / c.R, n_tiles = (batch + kBt - 1) / kBt;
-  splits = choose_splits(n_blocks * n_panels, n_tiles, num_sms(device));
-  const int64_t tiles_per_split = (n_tiles + splits - 1) / splits;
-  splits = (n_tiles + tiles_per_split - 1) / tiles_per_split;
-  // A grid that leaves most SMs idle (a matrix of a few row blocks and panels, 784 x 512 at 97%: 16 blocks with the
-  // batch split 8 ways) runs 2-3x slower than the tile kernel: declined unless forced.
-  if (2 * n_blocks * n_panels * splits < num_sms(device) && env_int("SPARSELAYER_SDDMM_SORTED") != 1) return false;
-  const auto layout = sorted_layout(crow, col, at::Tensor(), n_out, n_in, c);
-  const int64_t max_slots = layout[5].item<int64_t>();
   const int smem = sorted_sddmm_smem(c, threads, max_slots);
-  if (max_slots <= 0 || smem > limit) return false;  // the densest panel's sums do not fit
   TORCH_CHECK(n_panels <= 65535, "sparselayer: too many column panels");
   const at::Tensor dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
   // The kernel's grad_y row offsets are int32: larger products go to the tile kernel.

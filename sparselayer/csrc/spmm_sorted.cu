@@ -75,12 +75,7 @@ sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int
     const int d = tid * per + u;
     if (d < P) mine += count[P - d];
   }
-  int incl = mine;
-#pragma unroll
-  for (int s = 1; s < 32; s <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, incl, s);
-    if (lane >= s) incl += n;
-  }
+  const int incl = warp_inclusive_sum(mine, lane);
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   int run = incl - mine;
@@ -395,8 +390,8 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
   });
 }
 
-bool sorted_spmm_applies(bool default_here, int64_t batch) {
-  const int env = env_int("SPARSELAYER_SPMM_SORTED");  // 1: always (fp32 and bf16), 2: never
+bool sorted_kernel_applies(const char* override, bool default_here, int64_t batch) {
+  const int env = env_int(override);
   if (env == 2 || batch >= (int64_t{1} << 31) / kBt) return false;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return false;
   return env == 1 || default_here;
