@@ -106,14 +106,12 @@ __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64
   }
 }
 
-}  // namespace
-
-namespace {
 // Already feature-major float32 (a transposed view, as an activation kept as x^T is): usable in place.
 bool is_feature_major(const at::Tensor& m) {
   return m.scalar_type() == at::kFloat && (m.stride(0) == 1 || m.size(0) == 1) && m.stride(1) % 4 == 0 &&
          reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0;
 }
+
 }  // namespace
 
 at::Tensor feature_major(const at::Tensor& m, bool enabled) {
@@ -141,8 +139,10 @@ at::Tensor feature_major_shared(const at::Tensor& m, bool store) {
   if (is_feature_major(m)) return m.t();
   if (env_int("SPARSELAYER_SHARE_FM") == 2) return feature_major(m, true);  // tuning override: never shared
   const std::array<int64_t, 4> params{m.size(0), m.size(1), m.stride(0) * 16 + m.element_size(), m.stride(1)};
-  if (store)
-    return cached_layout("feature_major", {m}, params, [&]() { return std::vector<at::Tensor>{feature_major(m, true)}; })[0];
+  if (store) {
+    return cached_layout("feature_major", {m}, params,
+                         [&]() { return std::vector<at::Tensor>{feature_major(m, true)}; })[0];
+  }
   const auto hit = find_cached_layout("feature_major", {m}, params);
   return hit.empty() ? feature_major(m, true) : hit[0];
 }

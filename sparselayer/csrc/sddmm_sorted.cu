@@ -9,9 +9,9 @@
 //
 // Block: one (row block, panel) x a range of batch tiles; T threads = W warps, W = 16 over 1024-row blocks and
 // 256-column panels where the panel's sums fit beside the rest (about 99%), else W = 8 over 512-row blocks and
-// panels of up to 384 columns (on an H100), narrower where the sums need the room. Shared memory: two x tiles [P][32] (16-byte cp.async from the feature-major copy
-// of x, the next batch tile's while the current one is multiplied), each warp's grad_y stages
-// [2][32][32] (4 KB per chunk), the panel's column offsets [S] and running sums [S] (S = its padded slots, at most
+// panels of up to 384 columns (on an H100), narrower where the sums need the room. Shared memory: two x tiles
+// [P][32] (16-byte cp.async from the feature-major copy of x, the next batch tile's while the current one is
+// multiplied), each warp's grad_y stages [2][32][32] (4 KB per chunk), the panel's column offsets [S] and running sums [S] (S = its padded slots, at most
 // the pack's max_bp). Warp w owns chunks w and 2 W - 1 - w (chunks come longest first, so every warp gets one long
 // and one short) for every batch tile. A lane reads its row of a chunk from the stage, and the warp then copies the
 // next tile's rows into that stage (coalesced: 4 whole 128-byte lines per instruction), which have the rest of the
@@ -155,7 +155,8 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
         float* rs = stage + r * kChunk * kBt;
         float4 d[8];  // the lane's grad_y row, batch chunk (k + lane) mod 8 in d[k]
 #pragma unroll
-        for (int k = 0; k < 8; ++k) d[k] = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(rs + lane * kBt) + rot[k]);
+        for (int k = 0; k < 8; ++k)
+          d[k] = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(rs + lane * kBt) + rot[k]);
         __syncwarp();  // the warp's reads of this stage come before the copies of the next tile into it, which then
                        // have the rest of this tile to arrive
         if (t + 1 < t_end) stage_rows(rs, rows[r], dyt, (t + 1) * kBt, batch, lane);
@@ -216,8 +217,9 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
     // The widest panels whose average sums, with 10% for the padding and the spread between panels, fit.
     const double per_column = 2 * kBt * 4 + 8 * 1.1 * density * k.R;
     const int fit = static_cast<int>((limit - sorted_sddmm_smem(SortedConfig{k.R, 0, 0}, t, 0)) / per_column) / 32 * 32;
+    const int min_p = t == 512 ? (min_p_env > 0 ? min_p_env : 256) : 32;
     k.P = std::min(k.P, t == 512 ? std::min(256, fit) : fit);
-    if (k.P < (t == 512 ? (min_p_env > 0 ? min_p_env : 256) : 32)) continue;
+    if (k.P < min_p) continue;
     // Where an average panel's sums would not fit, neither will the densest's: no pack built only to be dropped.
     if (sorted_sddmm_smem(k, t, static_cast<int64_t>(density * k.R * k.P)) > limit) continue;
     n_panels = static_cast<int>((n_in + k.P - 1) / k.P);

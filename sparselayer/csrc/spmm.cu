@@ -600,8 +600,8 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   // than the panel kernel at 99% on the small shapes, where a row's segment of a panel holds one or two entries).
   const double work = static_cast<double>(nnz) * batch;
   const bool dense_enough = static_cast<double>(nnz) >= kDbMinDensity * static_cast<double>(n_out) * n_cols;
-  if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork),
-                            batch))
+  const bool sorted_default = c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork);
+  if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", sorted_default, batch))
     return sorted_csr_times_dense(ptr_in, idx_in, vals, perm_in, x, n_out);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);
