@@ -2,8 +2,9 @@
 // (batch tile x column panel) slice of a dense (batch, n) matrix is staged in shared memory.
 //
 // The bf16-activation mode: activations (x, grad_y, and the products' outputs) in bfloat16, the weight values in
-// fp32, every product accumulated in fp32 from activations converted while they are staged (the shared tiles
-// hold fp32, so the compute loops are the fp32 ones) and rounded once on output.
+// fp32, every product accumulated in fp32 from exactly widened activations and rounded once on output. Most kernels
+// widen while staging (their shared tiles hold fp32, so the compute loops are the fp32 ones); the row-sorted spmm
+// keeps bf16 tiles and widens as it reads them (spmm_sorted_bf16.cu: half the shared-memory reads).
 //
 // Every fp32 kernel works on batch tiles of kBt = 32 rows of the dense operand: a tile column (32 batch
 // values) is 128 bytes, i.e. 8 float4 chunks, one per lane of an 8-lane group. Dense operands arrive as
@@ -65,6 +66,9 @@ constexpr double kFmMinUses = 100.0;
 // The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
 // when m is a feature-major float32 view already), for tiles staged with 16-byte copies; undefined when !enabled.
 at::Tensor feature_major(const at::Tensor& m, bool enabled);
+// The (batch, n) bfloat16 matrix m as bfloat16 (n, ld) rows, ld >= batch a multiple of 8 (m.t() itself when m is such
+// a feature-major view already): the bf16 row-sorted spmm kernel's 64-value tile columns are 128 contiguous bytes.
+at::Tensor feature_major_bf16(const at::Tensor& m);
 // feature_major(m, true), shared through the layout cache while m lives unmodified: spmm_t stores the copy of its
 // gradient operand (store), and sddmm looks it up for the same gradient (store false: copies its own on a miss), so
 // a layer's backward copies its incoming gradient once. The copy lives as long as that gradient does.

@@ -89,10 +89,10 @@ __global__ void panel_pointer_kernel(const int64_t* __restrict__ ptr, const int6
   pp[static_cast<int64_t>(p) * n_rows + r] = static_cast<int32_t>(lo);
 }
 
-// xt[c * ld + b] = float(m[b, c]): 32 x 32 tiles through shared memory, reads and writes both coalesced.
-template <typename In>
+// xt[c * ld + b] = Out(m[b, c]): 32 x 32 tiles through shared memory, reads and writes both coalesced.
+template <typename In, typename Out = float>
 __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64_t sc, int batch, int n_cols,
-                                     float* __restrict__ xt, int64_t ld) {
+                                     Out* __restrict__ xt, int64_t ld) {
   __shared__ float tile[32][33];  // +1: the column reads below hit 32 distinct banks
   const int c0 = blockIdx.x * 32, b0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
   for (int i = ty; i < 32; i += 8) {
@@ -102,7 +102,7 @@ __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64
   __syncthreads();
   for (int i = ty; i < 32; i += 8) {
     const int c = c0 + i, b = b0 + tx;
-    if (c < n_cols && b < batch) xt[c * ld + b] = tile[tx][i];
+    if (c < n_cols && b < batch) store_as(xt + c * ld + b, tile[tx][i]);  // exact: a bf16 widened and narrowed
   }
 }
 
@@ -131,6 +131,21 @@ at::Tensor feature_major(const at::Tensor& m, bool enabled) {
     feature_major_kernel<float><<<grid, dim3(32, 8), 0, stream>>>(
         m.const_data_ptr<float>(), m.stride(0), m.stride(1), static_cast<int>(batch), static_cast<int>(n_cols),
         xt.data_ptr<float>(), ld);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return xt;
+}
+
+at::Tensor feature_major_bf16(const at::Tensor& m) {
+  const int64_t batch = m.size(0), n_cols = m.size(1);
+  if ((m.stride(0) == 1 || batch == 1) && m.stride(1) % 8 == 0 && reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0)
+    return m.t();
+  const int64_t ld = (batch + 7) / 8 * 8;  // rows of whole 16-byte chunks
+  auto xt = at::empty({n_cols, ld}, m.options());
+  const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
+  TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
+  feature_major_kernel<bf16, bf16><<<grid, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const bf16*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
+      static_cast<int>(n_cols), reinterpret_cast<bf16*>(xt.data_ptr()), ld);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return xt;
 }

@@ -21,20 +21,83 @@ struct SortedConfig {
 };
 
 // The pack's blocks and panels for (n_out, n_cols) products of this batch on this device (environment overrides:
-// SPARSELAYER_SORTED_R, _P): the widest panels of which two x tiles fit beside R rows of accumulators and
-// reserve_bytes more.
-SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes = 0);
+// SPARSELAYER_SORTED_R, _P): the widest panels of which two x tiles (128 bytes per column) fit beside R rows of
+// accumulators (4 * batch_tile bytes each) and reserve_bytes more, R up to max_rows. The fp32 kernels take batch
+// tiles of kBt = 32 (a tile column is 32 floats), the bf16 spmm kernel tiles of 64 (64 bfloat16) and 512 rows.
+SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes = 0,
+                           int batch_tile = kBt, int max_rows = kMaxSortedR);
 
 // The pack of the CSR (ptr, idx[, perm]) for c.R and c.P, cached per topology (cache.cu):
 //   items    int32 [n_bp * R]           per bp, its rows as rank-ordered items i | len << 16 (0 past the last)
 //   chunks   int32 [n_bp * R / 32, 2]   per bp and chunk: (global first slot, length L of its longest row)
 //   n_chunks int32 [n_bp]               chunks per bp (bp = row block * n_panels + panel)
-//   off      int32 [slots]              per slot, the entry's column as a byte offset into an x tile (128 c)
+//   off      int32 [slots + kSlotPad]   per slot, the entry's column as a byte offset into an x tile (128 c)
 //   src      int32 [slots]              per slot, the entry's value position (k, or perm[k] for spmm_t)
 //   max_bp   int64 scalar on the host   the most padded slots of one bp (32 * sum of its chunks' L)
 // Slots past a row's length hold (0, 0). Building it copies two sizes to the host (a stream synchronisation).
 std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& perm,
                                       int64_t n_out, int64_t n_cols, const SortedConfig& c);
+
+// sorted_csr_times_dense for bfloat16 x: the row-sorted kernel with bf16 x tiles (spmm_sorted_bf16.cu).
+at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                                       const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
+
+// pv[s] = vals[src[s]] (float32 [slots + kSlotPad], zero past the last slot): the values in slot order, once per call (they change every step, the
+// slots only with the topology).
+at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals);
+
+constexpr int kAhead = 4;                 // entries of a lane whose column offsets and values are in flight at once
+constexpr int kSlotPad = kAhead * kChunk;  // zero slots past the last in off and pv: a group past a row's end loads
+
+// o[u], v[u] = slot u of the lane (op[32 u], vp[32 u]), u < kAhead, where n > 0 (a warp-uniform test; slots past the
+// lane's segment hold another row's entries or padding, never multiplied): one group of loads, none waiting on
+// another; o, v unchanged where n <= 0.
+__device__ __forceinline__ void load_slots(const int32_t* __restrict__ op, const float* __restrict__ vp, int n,
+                                           int (&o)[kAhead], float (&v)[kAhead]) {
+  if (n <= 0) return;
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u) {
+    o[u] = __ldg(op + u * kChunk);
+    v[u] = __ldg(vp + u * kChunk);
+  }
+}
+
+// 16-byte shared-memory load and store at a 32-bit shared address (the XORed addresses below are computed on it).
+__device__ __forceinline__ uint4 lds16(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ float4 lds16f(uint32_t addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts16f(uint32_t addr, const float4& v) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
+// A (row block, panel)'s part of the pack in shared memory: its items [R], chunks [R / 32] (int2) and chunk count,
+// padded to a multiple of 16 bytes (the second buffer's items take 16-byte copies).
+__host__ __device__ constexpr int desc_ints(int R) { return (R + 2 * (R / kChunk) + 1 + 3) / 4 * 4; }
+
+// Copies bp's descriptor (items, chunks, n_chunks) into dst with cp.async; the caller commits and waits.
+template <int T>
+__device__ __forceinline__ void copy_descriptor(int* dst, const int32_t* __restrict__ items,
+                                                const int2* __restrict__ chunks, const int32_t* __restrict__ n_chunks,
+                                                int64_t bp, int R) {
+  const int tid = threadIdx.x;
+  for (int i = tid; i < R / 4; i += T) cp_async16(dst + 4 * i, items + bp * R + 4 * i, 16);
+  for (int i = tid; i < R / kChunk; i += T) cp_async8(dst + R + 2 * i, chunks + bp * (R / kChunk) + i);
+  if (tid == 0) cp_async4(dst + R + 2 * (R / kChunk), n_chunks + bp, true);
+}
 
 // The tile [P][32] of x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 31 (copy_tile_plain), with the per-copy index
 // arithmetic hoisted where the tile lies inside x: thread t copies quad t % 8 of columns t / 8 + T / 8 * i (the
@@ -53,6 +116,5 @@ __device__ __forceinline__ void copy_tile(float* __restrict__ ts, const float* _
   const int64_t step = kColsPerStep * ld;
   for (int i = c; i < P; i += kColsPerStep, src += step, dst += kColsPerStep * kBt) cp_async16(dst, src, 16);
 }
-
 
 }  // namespace sparselayer

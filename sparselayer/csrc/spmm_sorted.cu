@@ -15,8 +15,9 @@
 // panel descriptors (the pack's items and chunks of the (row block, panel)), the next panel's tile and descriptor
 // copied (16-byte cp.async; x from its feature-major copy) while the current one is multiplied.
 // Warps take the panel's chunks longest first from a shared counter. Lane l reads the 8 float4 chunks of a column
-// in the order l, l + 1, .. (mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads (for x and
-// for the accumulators), with no swizzle; its accumulator k holds batch chunk (k + l) mod 8.
+// in the order l ^ 0, l ^ 1, .. l ^ 7 (l mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads
+// (for x and for the accumulators), with no swizzle; its accumulator k holds batch chunk k ^ l. The addresses are
+// 32-bit shared ones, each the lane's first chunk XOR a constant of the step (one instruction, no per-lane table).
 //
 // Each output element is the same fixed-order sum as in spmm.cu (entries in column order, panel after panel):
 // deterministic, and bit-identical to the panel kernel. The pack needs one device-to-host copy (its sizes),
@@ -153,33 +154,12 @@ sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ i
     chunks[bp * (R / C) + c].x = static_cast<int>(first + chunk_s[c].x);
 }
 
-// pv[s] = vals[src[s]]: the values in slot order, once per call (they change every step, the slots only with the
-// topology).
-__global__ void gather_slot_values_kernel(const int32_t* __restrict__ src, const float* __restrict__ vals,
-                                          int64_t n, float* __restrict__ pv) {
-  const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (s < n) pv[s] = __ldg(vals + __ldg(src + s));
-}
-
-constexpr int kAhead = 4;  // entries of a lane whose column offsets and values are in flight at once
-
-// o[u], v[u] = slot u of the lane (op[32 u], vp[32 u]) for u < n, else 0: one group of loads, none waiting on another.
-__device__ __forceinline__ void load_slots(const int32_t* __restrict__ op, const float* __restrict__ vp, int n,
-                                           int (&o)[kAhead], float (&v)[kAhead]) {
-#pragma unroll
-  for (int u = 0; u < kAhead; ++u) {
-    const bool ok = u < n;
-    o[u] = ok ? __ldg(op + u * kChunk) : 0;
-    v[u] = ok ? __ldg(vp + u * kChunk) : 0.f;
-  }
-}
-
-// Multiplies one chunk's segment into the lane's accumulators a (batch chunk (k + lane) mod 8 at byte offset rot[k]
-// of a column): slot t of the lane at op[t * 32], vp[t * 32] for t < L, multiplied for t < len. Column offsets and
-// values are loaded a group ahead (global memory: ~600 cycles away).
-__device__ __forceinline__ void multiply_chunk(float4 (&a)[8], const int (&rot)[8], const char* xs,
-                                               const int32_t* __restrict__ op, const float* __restrict__ vp, int L,
-                                               int len) {
+// Multiplies one chunk's segment into the lane's accumulators: a[k] holds batch chunk k ^ (lane & 7), read at
+// xl + off ^ 16 k for a column at byte off of the tile (xl: the tile's shared address plus 16 (lane & 7)). Slot t
+// of the lane at op[t * 32], vp[t * 32] for t < L, multiplied for t < len. Column offsets and values are loaded a
+// group ahead (global memory: ~600 cycles away).
+__device__ __forceinline__ void multiply_chunk(float4 (&a)[8], uint32_t xl, const int32_t* __restrict__ op,
+                                               const float* __restrict__ vp, int L, int len) {
   constexpr int D = kAhead;
   int oc[D];
   float vc[D];
@@ -193,9 +173,9 @@ __device__ __forceinline__ void multiply_chunk(float4 (&a)[8], const int (&rot)[
 #pragma unroll
     for (int u = 0; u < D; ++u) {
       if (t0 + u < len) {
-        const char* xc = xs + oc[u];
+        const uint32_t xc = xl + oc[u];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) fma4(a[k], vc[u], *reinterpret_cast<const float4*>(xc + rot[k]));
+        for (int k = 0; k < 8; ++k) fma4(a[k], vc[u], lds16f(xc ^ (16 * k)));
       }
     }
 #pragma unroll
@@ -226,21 +206,6 @@ __device__ __forceinline__ void store_accumulators(const float* acc, float* tr, 
   }
 }
 
-// A (row block, panel)'s part of the pack in shared memory: its items [R], chunks [R / 32] (int2) and chunk count,
-// padded to a multiple of 16 bytes (the second buffer's items take 16-byte copies).
-__host__ __device__ constexpr int desc_ints(int R) { return (R + 2 * (R / kChunk) + 1 + 3) / 4 * 4; }
-
-// Copies bp's descriptor (items, chunks, n_chunks) into dst with cp.async; the caller commits and waits.
-template <int T>
-__device__ __forceinline__ void copy_descriptor(int* dst, const int32_t* __restrict__ items,
-                                                const int2* __restrict__ chunks, const int32_t* __restrict__ n_chunks,
-                                                int64_t bp, int R) {
-  const int tid = threadIdx.x;
-  for (int i = tid; i < R / 4; i += T) cp_async16(dst + 4 * i, items + bp * R + 4 * i, 16);
-  for (int i = tid; i < R / kChunk; i += T) cp_async8(dst + R + 2 * i, chunks + bp * (R / kChunk) + i);
-  if (tid == 0) cp_async4(dst + R + 2 * (R / kChunk), n_chunks + bp, true);
-}
-
 // items, chunks, n_chunks: the pack (sorted_rank_kernel, sorted_fill_kernel) for row blocks of R and panels of P;
 // off, pv: column byte offsets and values per slot; xt: x feature-major (row c holds x[:, c], rows of ldt floats).
 // A panel's descriptor arrives in shared memory with its x tile (staged: by Nsight Compute, a quarter of the warps'
@@ -253,7 +218,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
                    const float* __restrict__ pv, const float* __restrict__ xt, int64_t ldt, int batch, int n_cols,
                    int n_rows, int n_panels, int P, int R, bool staged, Out* __restrict__ y) {
   constexpr int T = kSortedThreads;
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
   float* acc = reinterpret_cast<float*>(smem4);  // [R][32]
   float* xbuf = acc + R * kBt;                    // 2 x [P][32]
   int* next_chunk = reinterpret_cast<int*>(xbuf + 2 * P * kBt);  // [2] (+2 padding; no static shared memory:
@@ -262,9 +227,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
   const int D = desc_ints(R);
   const int tid = threadIdx.x, lane = tid & 31;
   const int b0 = blockIdx.y * kBt, o0 = blockIdx.x * R;
-  int rot[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) rot[k] = ((k + lane) & 7) * 16;
+  const uint32_t acc_base = static_cast<uint32_t>(__cvta_generic_to_shared(acc));
 
   for (int i = tid; i < R * kBt / 4; i += T) smem4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   if (tid < 2) next_chunk[tid] = 0;
@@ -281,7 +244,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
       cp_async_commit();
     }
     if (tid == 0) next_chunk[(p + 1) & 1] = 0;
-    const char* xs = reinterpret_cast<const char*>(xbuf + (p & 1) * P * kBt);
+    const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xbuf + (p & 1) * P * kBt));
     const int* d_items = desc + (p & 1) * D;
     const int2* d_chunks = reinterpret_cast<const int2*>(d_items + R);
     const int nc = staged ? d_items[R + 2 * (R / kChunk)] : __ldg(n_chunks + bp);
@@ -294,15 +257,15 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
       const int2 ch = staged ? d_chunks[ci] : __ldg(chunks + bp * (R / kChunk) + ci);
       const int item = staged ? d_items[ci * kChunk + lane] : __ldg(items + bp * R + ci * kChunk + lane);
       const int len = item >> 16;
-      char* arow = reinterpret_cast<char*>(acc + (item & 0xffff) * kBt);
+      // Past the last row (len 0) item is 0: the lane reads row 0's sums and does not write them back.
+      const uint32_t arow = acc_base + (item & 0xffff) * (kBt * 4) + 16 * (lane & 7);
       float4 a[8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        a[k] = len > 0 ? *reinterpret_cast<const float4*>(arow + rot[k]) : make_float4(0.f, 0.f, 0.f, 0.f);
-      multiply_chunk(a, rot, xs, off + ch.x + lane, pv + ch.x + lane, ch.y, len);
+      for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
+      multiply_chunk(a, xs + 16 * (lane & 7), off + ch.x + lane, pv + ch.x + lane, ch.y, len);
       if (len > 0) {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) *reinterpret_cast<float4*>(arow + rot[k]) = a[k];
+        for (int k = 0; k < 8; ++k) sts16f(arow ^ (16 * k), a[k]);
       }
     }
   }
@@ -327,26 +290,44 @@ void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout,
 
 }  // namespace
 
+__global__ void gather_slot_values_kernel(const int32_t* __restrict__ src, const float* __restrict__ vals,
+                                          int64_t n, int64_t n_padded, float* __restrict__ pv) {
+  const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s < n_padded) pv[s] = s < n ? __ldg(vals + __ldg(src + s)) : 0.f;
+}
+
+at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals) {
+  const int64_t n_padded = src.numel() + kSlotPad;
+  auto pv = at::empty({n_padded}, vals.options());
+  gather_slot_values_kernel<<<static_cast<unsigned>((n_padded + 255) / 256), 256, 0,
+                              c10::cuda::getCurrentCUDAStream()>>>(src.data_ptr<int32_t>(), vals.data_ptr<float>(),
+                                                                   src.numel(), n_padded, pv.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return pv;
+}
+
 // 1024-row blocks (32 chunks per panel for 16 warps, so taking them longest first balances the warps) over the
 // widest panels, up to 512 columns, two tiles of which fit beside the accumulators and the reserve (the forward's
 // two panel descriptors: 352 columns on an H100, 227 KB, one block per SM); fewer rows where the grid would not fill
 // the GPU. Measured on an H100 (benchmarks/kernels-notes.md, v11): 16384^2 b1024 forward 1.11 vs 1.15-1.20 ms
 // (512 x 512) at 99%, 1.89 vs 2.02 at 97%, 1024 x 352 as fast as 1024 x 384; 768 or 384 rows and 256-column panels
 // were slower. Overrides: SPARSELAYER_SORTED_R, _P (multiples of 32 up to 1024).
-SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes) {
+SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int device, int reserve_bytes,
+                           int batch_tile, int max_rows) {
   SortedConfig c{};
   const int cols32 = static_cast<int>(std::min<int64_t>((n_cols + 31) / 32 * 32, kMaxSortedP));
-  c.R = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, kMaxSortedR));
-  const int64_t tiles = (batch + kBt - 1) / kBt;
+  c.R = static_cast<int>(std::min<int64_t>((n_out + 31) / 32 * 32, max_rows));
+  const int64_t tiles = (batch + batch_tile - 1) / batch_tile;
   while (c.R > 128 && ((n_out + c.R - 1) / c.R) * tiles < num_sms(device)) c.R = (c.R / 2 + 31) / 32 * 32;
   const int r_env = env_int("SPARSELAYER_SORTED_R"), p_env = env_int("SPARSELAYER_SORTED_P");
-  if (r_env >= 32 && r_env <= kMaxSortedR && r_env % 32 == 0) c.R = r_env;
-  // columns of two tiles beside R rows and the reserve
-  const int fit = ((max_smem_optin(device) - reserve_bytes) / (kBt * 4) - c.R) / 2 / 32 * 32;
+  if (r_env >= 32 && r_env <= max_rows && r_env % 32 == 0) c.R = r_env;
+  // columns (128 bytes each) of two tiles beside R rows and the reserve
+  const int acc_bytes = c.R * batch_tile * 4;
+  const int fit = (max_smem_optin(device) - reserve_bytes - acc_bytes) / 128 / 2 / 32 * 32;
   c.P = std::min({512, cols32, fit});
   if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) c.P = std::min({p_env, cols32, fit});
   TORCH_CHECK(c.P >= 32, "sparselayer: ", c.R, "-row blocks leave no room for the x tiles in shared memory");
-  c.smem = (c.R + 2 * c.P) * kBt * 4 + reserve_bytes;
+  c.smem = acc_bytes + 2 * c.P * 128 + reserve_bytes;
   return c;
 }
 
@@ -378,7 +359,8 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
     const int64_t total = sizes[0].item<int64_t>();
     TORCH_CHECK(total < std::numeric_limits<int32_t>::max(), "sparselayer: ", total,
                 " padded nonzeros in the row-sorted layout, more than 2^31");
-    auto off = at::empty({std::max<int64_t>(total, 1)}, opts.dtype(at::kInt));
+    auto off = at::empty({total + kSlotPad}, opts.dtype(at::kInt));
+    off.narrow(0, total, kSlotPad).zero_();
     auto src = at::empty({std::max<int64_t>(total, 1)}, opts.dtype(at::kInt));
     sorted_fill_kernel<<<grid, kPackThreads, 0, stream>>>(
         pp.data_ptr<int32_t>(), idx.data_ptr<int64_t>(), perm.defined() ? perm.data_ptr<int64_t>() : nullptr,
@@ -399,18 +381,15 @@ bool sorted_kernel_applies(const char* override, bool default_here, int64_t batc
 
 at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out) {
+  // bf16 x: bf16 tiles of 64 batch values (half the shared-memory reads); SPARSELAYER_SORTED_BF16=2 (tuning
+  // override) widens x to fp32 tiles for this kernel instead.
+  if (x.scalar_type() == at::kBFloat16 && env_int("SPARSELAYER_SORTED_BF16") != 2)
+    return sorted_csr_times_dense_bf16(ptr, idx, vals, perm, x, n_out);
   const int64_t batch = x.size(0), n_cols = x.size(1);
   // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
   const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);
   const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
-  const at::Tensor& src = layout[4];
-  auto pv = at::empty({std::max<int64_t>(src.numel(), 1)}, vals.options());
-  if (src.numel() > 0) {
-    gather_slot_values_kernel<<<static_cast<unsigned>((src.numel() + 255) / 256), 256, 0,
-                                c10::cuda::getCurrentCUDAStream()>>>(src.data_ptr<int32_t>(), vals.data_ptr<float>(),
-                                                                     src.numel(), pv.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const auto pv = slot_values(layout[4], vals);
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
   const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = at::empty({batch, n_out}, x.options());

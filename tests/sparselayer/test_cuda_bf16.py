@@ -92,6 +92,49 @@ def test_bf16_sddmm_staging(shape, fm, monkeypatch):
     _all_three(shape, "transposed", f"sddmm staging {fm}")
 
 
+# The row-sorted product's two ways with bf16 x: bf16 tiles of 64 batch values (spmm_sorted_bf16.cu, the default) and
+# x widened to the fp32 kernel's tiles of 32; block shapes as in test_cuda_kernels.py (small blocks: several output
+# passes and panels; 512 rows: the bf16 kernel's largest).
+SORTED_BF16 = {
+    "bf16-tiles": {"SPARSELAYER_SPMM_SORTED": "1"},
+    "bf16-tiles-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
+                                "SPARSELAYER_SORTED_P": "32"},
+    "bf16-tiles-512-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "512"},
+    "fp32-tiles": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_BF16": "2"},
+}
+# Beyond SHAPES: 4 row blocks of 512, 9 panels of 352, two full batch tiles of 64 and a tail of 2.
+SORTED_SHAPES = SHAPES + [(2000, 3000, 60000, 7, 130)]
+SORTED_IDS = SHAPE_IDS + ["2000x3000-nnz60000-empty7-b130"]
+
+
+@pytest.mark.parametrize("variant", list(SORTED_BF16))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SORTED_SHAPES, ids=SORTED_IDS)
+def test_bf16_row_sorted_kernels(shape, layout, variant, monkeypatch):
+    for name, value in SORTED_BF16[variant].items():
+        monkeypatch.setenv(name, value)
+    _all_three(shape, layout, f"{variant} {layout}")
+
+
+@pytest.mark.parametrize("variant", ["bf16-tiles", "bf16-tiles-small-blocks"])
+@pytest.mark.parametrize("shape", SORTED_SHAPES[-3:], ids=SORTED_IDS[-3:])
+def test_bf16_tiles_sum_what_the_fp32_kernel_sums(shape, variant, monkeypatch):
+    """The bf16-tile kernel widens each bf16 exactly and adds in the fp32 kernel's order: its output is the fp32
+    row-sorted product of x.float(), rounded once, bit for bit (forward and transposed product)."""
+    for name, value in SORTED_BF16[variant].items():
+        monkeypatch.setenv(name, value)
+    seed = _seed()
+    n_out, n_in = shape[0], shape[1]
+    m, x, grad_y, _ = _bf16_case(shape, "contiguous", seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], n_in)
+    y16 = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, n_out)
+    g16 = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, n_in)
+    y32 = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x.float(), n_out)
+    g32 = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y.float(), n_in)
+    assert torch.equal(y16, y32.bfloat16()), f"spmm, seed {seed}"
+    assert torch.equal(g16, g32.bfloat16()), f"spmm_t, seed {seed}"
+
+
 def test_bf16_matches_fp32_kernels_on_the_same_values():
     """Fed the same (bf16-representable) numbers, the bf16 mode sums exactly what the fp32 kernels sum."""
     seed = _seed()
@@ -105,7 +148,10 @@ def test_bf16_matches_fp32_kernels_on_the_same_values():
     assert torch.equal(g16, g32), f"seed {seed}"
 
 
-def test_bf16_deterministic():
+@pytest.mark.parametrize("spmm_kernel", ["default", "bf16-tiles"])
+def test_bf16_deterministic(spmm_kernel, monkeypatch):
+    for name, value in SORTED_BF16.get(spmm_kernel, {}).items():
+        monkeypatch.setenv(name, value)
     seed = _seed()
     m, x, grad_y, _ = _bf16_case((1100, 1500, 16500, 0, 70), "contiguous", seed)
     assert_deterministic(m, x, grad_y, seed)

@@ -1,0 +1,213 @@
+// sparselayer::spmm / spmm_t on CUDA in the bf16-activation mode: the row-sorted kernel with bfloat16 x tiles.
+//
+// Why a kernel of its own: the fp32 row-sorted kernel (spmm_sorted.cu) is bound by shared-memory bandwidth
+// (benchmarks/kernels-notes.md, v13), two thirds of it the x tile reads, 4 bytes per multiply-add. Staging bf16 x
+// instead of widened fp32 halves those reads, but only with 64 batch values per tile column: a column must stay 128
+// bytes for the 8 lanes of a shared-memory phase to hit 8 distinct bank quads (with 32 bf16 values per 64-byte
+// column, any two lanes whose random columns share a parity would collide).
+//
+// So the batch tile is 64 and two lanes share a row, lane 2 r + h taking batch half h (32 fp32 accumulators in
+// registers, as in the fp32 kernel). A warp takes half a chunk of the pack (16 of its 32 rows) at a time from a shared
+// counter, longest first; an entry costs its lane 4 x 16-byte reads (32 bf16) for 32 multiply-adds.
+//
+// Block: R output rows (512) x one batch tile of 64, T = 512 threads, shared memory = accumulators [R][64] floats
+// (half h of row i at byte 256 i + 128 h, its float4 quad q at slot q ^ h), two x tiles [P][64] bfloat16 (column c at
+// 128 c bytes, batch values in natural order) of 352 columns and two panel descriptors, the next panel's tile and
+// descriptor copied (cp.async, from a bf16 feature-major copy of x) while the current one is multiplied.
+// Bank quads of one phase (lanes 2 r + h, r = 0..3): step k of an entry reads x chunk j = k ^ r of half h (quad
+// 4 h + j: 8 distinct), into accumulator quads 2 j, 2 j + 1 of the half, stored at slots 2 j ^ h, (2 j + 1) ^ h
+// (8 distinct for one register). Addresses are 32-bit shared ones, the lane's first chunk XOR a constant of the step.
+// Measured on an H100 (benchmarks/kernels-notes.md, v14): 16384^2 b1024 forward 0.86-0.90 ms at 99% against
+// 1.0-1.07 with widened fp32 tiles, 1.40-1.43 against 1.78 at 97%, 3.31-3.33 against 4.50 at 90%.
+//
+// Each output element is the same fixed-order sum of exactly widened bf16 values as the fp32 kernels make (entries
+// in column order, panel after panel): deterministic, and bit-identical to the fp32 product of x.float() rounded
+// once to bf16.
+#include "sorted.cuh"
+
+#include <ATen/ops/empty.h>
+
+namespace sparselayer {
+namespace {
+
+constexpr int kBt16 = 64;         // batch tile: a tile column is 64 bfloat16, 128 bytes
+constexpr int kMaxRows16 = 512;   // rows per block: [512][64] fp32 accumulators are 128 KB
+constexpr int kThreads16 = 512;
+
+// The tile [P][64] of the bf16 feature-major x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 63, zero outside x:
+// 8 16-byte cp.async copies per column.
+template <int T>
+__device__ __forceinline__ void copy_tile_bf16(bf16* __restrict__ ts, const bf16* __restrict__ xt, int64_t ld,
+                                               int batch, int n_cols, int b0, int c0, int P) {
+  constexpr int kColsPerStep = T / 8;
+  const int c = threadIdx.x >> 3, quad = threadIdx.x & 7;
+  if (b0 + kBt16 <= batch && c0 + P <= n_cols) {  // block-uniform
+    const bf16* src = xt + static_cast<int64_t>(c0 + c) * ld + b0 + 8 * quad;
+    bf16* dst = ts + c * kBt16 + 8 * quad;
+    const int64_t step = kColsPerStep * ld;
+    for (int i = c; i < P; i += kColsPerStep, src += step, dst += kColsPerStep * kBt16) cp_async16(dst, src, 16);
+    return;
+  }
+  const int gb = b0 + 8 * quad;
+  for (int i = c; i < P; i += kColsPerStep) {
+    const int gc = c0 + i;
+    const int bytes = gc < n_cols && gb < batch ? 2 * min(8, batch - gb) : 0;
+    cp_async16(ts + i * kBt16 + 8 * quad, bytes ? xt + static_cast<int64_t>(gc) * ld + gb : xt, bytes);
+  }
+}
+
+__device__ __forceinline__ float low_bf16(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float high_bf16(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
+// Multiplies a half chunk's segments into the lane's accumulators: a[2 k], a[2 k + 1] hold the batch values of the
+// x chunk at xl + off ^ 16 k for a column at byte off of the tile (xl: the tile plus the lane's own chunk, below).
+// Slot t of the lane at op[32 t], vp[32 t] for t < L, multiplied for t < len.
+__device__ __forceinline__ void multiply_half_chunk(float4 (&a)[8], uint32_t xl, const int32_t* __restrict__ op,
+                                                    const float* __restrict__ vp, int L, int len) {
+  constexpr int D = kAhead;
+  int oc[D];
+  float vc[D];
+  load_slots(op, vp, L, oc, vc);
+  for (int t0 = 0; t0 < L; t0 += D) {
+    op += D * kChunk;
+    vp += D * kChunk;
+    int on[D];
+    float vn[D];
+    load_slots(op, vp, L - t0 - D, on, vn);  // the next group, if any
+#pragma unroll
+    for (int u = 0; u < D; ++u) {
+      if (t0 + u < len) {
+        const uint32_t xc = xl + oc[u];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const uint4 w = lds16(xc ^ (16 * k));
+          fma4(a[2 * k], vc[u], make_float4(low_bf16(w.x), high_bf16(w.x), low_bf16(w.y), high_bf16(w.y)));
+          fma4(a[2 * k + 1], vc[u], make_float4(low_bf16(w.z), high_bf16(w.z), low_bf16(w.w), high_bf16(w.w)));
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < D; ++u) oc[u] = on[u], vc[u] = vn[u];
+  }
+}
+
+// y[b0 .. b0 + 63, o0 .. o0 + R - 1] = acc, transposed through tr (rp x 64 floats, rp a multiple of 32) so that
+// the stores to y run along its rows. A warp reads one batch half for 32 rows, each lane from its own quad rotation
+// within the half (32 distinct banks), and writes tr[b][row] along the rows (32 distinct banks).
+__device__ __forceinline__ void store_accumulators_bf16(const float* acc, float* tr, int R, int rp,
+                                                        bf16* __restrict__ y, int o0, int b0, int batch,
+                                                        int n_rows) {
+  constexpr int T = kThreads16;
+  const int tid = threadIdx.x;
+  for (int r0 = 0; r0 < R; r0 += rp) {
+    for (int e = tid; e < rp * kBt16; e += T) {
+      const int lane = e & 31, i = (e >> 5) & 63, rr = ((e >> 11) << 5) | lane;
+      const int h = i >> 5, b = (h << 5) | ((i + lane) & 31);           // logical batch index
+      const int slot = (h << 5) | ((((b >> 2) & 7) ^ h) << 2) | (b & 3);  // where acc keeps it
+      tr[b * rp + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt16 + slot] : 0.f;
+    }
+    __syncthreads();
+    for (int e = tid; e < rp * kBt16; e += T) {
+      const int i = e / rp, rr = e % rp;
+      const int o = o0 + r0 + rr, b = b0 + i;
+      if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
+    }
+    __syncthreads();
+  }
+}
+
+// items, chunks, n_chunks, off, pv: the pack of spmm_sorted.cu for row blocks of R and panels of P (off: the
+// column's byte offset 128 c, which is a 64-value bf16 column here); xt: x feature-major in bfloat16 (row c holds
+// x[:, c], rows of ldt values, ldt % 8 == 0).
+__global__ void __launch_bounds__(kThreads16, 1)
+spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
+                        const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
+                        const float* __restrict__ pv, const bf16* __restrict__ xt, int64_t ldt, int batch,
+                        int n_cols, int n_rows, int n_panels, int P, int R, bf16* __restrict__ y) {
+  constexpr int T = kThreads16;
+  extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
+  float* acc = reinterpret_cast<float*>(smem4);                      // [R][64]
+  bf16* xbuf = reinterpret_cast<bf16*>(acc + R * kBt16);            // 2 x [P][64]
+  int* next_unit = reinterpret_cast<int*>(xbuf + 2 * P * kBt16);    // [2] (+2 padding)
+  int* desc = next_unit + 4;                                         // 2 x [desc_ints(R)]
+  const int D = desc_ints(R);
+  const int tid = threadIdx.x, lane = tid & 31, h = lane & 1, r = lane >> 1;
+  const int b0 = blockIdx.y * kBt16, o0 = blockIdx.x * R;
+  // Step k of an entry reads x chunk j = k ^ (r & 3) of half h, whose accumulators (logical quads 2 j + e of the half)
+  // sit at slots (2 j + e) ^ h = (2 k + e) ^ m: both are the lane's own chunk XOR a constant of the step.
+  const int m = 2 * (r & 3) + h;
+  const int x_lane = 64 * h + 16 * (r & 3), acc_lane = 128 * h + 16 * m;
+  const uint32_t acc_base = static_cast<uint32_t>(__cvta_generic_to_shared(acc));
+
+  for (int i = tid; i < R * kBt16 / 4; i += T) smem4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < 2) next_unit[tid] = 0;
+  copy_tile_bf16<T>(xbuf, xt, ldt, batch, n_cols, b0, 0, P);
+  copy_descriptor<T>(desc, items, chunks, n_chunks, static_cast<int64_t>(blockIdx.x) * n_panels, R);
+  cp_async_commit();
+  for (int p = 0; p < n_panels; ++p) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile p is in; every warp is done with panel p - 1 (its buffers and counter are free)
+    const int64_t bp = static_cast<int64_t>(blockIdx.x) * n_panels + p;
+    if (p + 1 < n_panels) {
+      copy_tile_bf16<T>(xbuf + ((p + 1) & 1) * P * kBt16, xt, ldt, batch, n_cols, b0, (p + 1) * P, P);
+      copy_descriptor<T>(desc + ((p + 1) & 1) * D, items, chunks, n_chunks, bp + 1, R);
+      cp_async_commit();
+    }
+    if (tid == 0) next_unit[(p + 1) & 1] = 0;
+    const uint32_t xl = static_cast<uint32_t>(__cvta_generic_to_shared(xbuf + (p & 1) * P * kBt16)) + x_lane;
+    const int* d_items = desc + (p & 1) * D;
+    const int2* d_chunks = reinterpret_cast<const int2*>(d_items + R);
+    const int n_units = 2 * d_items[R + 2 * (R / kChunk)];  // two halves per chunk
+    for (;;) {
+      int u = 0;
+      if (lane == 0) u = atomicAdd(&next_unit[p & 1], 1);
+      u = __shfl_sync(0xffffffffu, u, 0);
+      if (u >= n_units) break;
+      const int ci = u >> 1, j = (u & 1) * 16 + r;  // chunk, and the lane's item in it
+      const int item = d_items[ci * kChunk + j];
+      const int len = item >> 16, L = __reduce_max_sync(0xffffffffu, len);
+      const int first = d_chunks[ci].x + j;
+      // Past the last row (len 0) item is 0: the lane reads row 0's sums and does not write them back.
+      const uint32_t arow = acc_base + (item & 0xffff) * (kBt16 * 4) + acc_lane;
+      float4 a[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
+      multiply_half_chunk(a, xl, off + first, pv + first, L, len);
+      if (len > 0) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) sts16f(arow ^ (16 * k), a[k]);
+      }
+    }
+  }
+  __syncthreads();
+  // xbuf holds 2 P x 64 bf16 = P x 64 floats for the transpose
+  store_accumulators_bf16(acc, reinterpret_cast<float*>(xbuf), R, min(R, P), y, o0, b0, batch, n_rows);
+}
+
+}  // namespace
+
+at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                                       const at::Tensor& perm, const at::Tensor& x, int64_t n_out) {
+  const int64_t batch = x.size(0), n_cols = x.size(1);
+  const int device = x.get_device();
+  // Beside the accumulators and x tiles: the counters (16 bytes) and two panel descriptors.
+  const SortedConfig c =
+      choose_sorted(n_out, n_cols, batch, device, 16 + 2 * desc_ints(kMaxRows16) * 4, kBt16, kMaxRows16);
+  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
+  const auto pv = slot_values(layout[4], vals);
+  const at::Tensor xt = feature_major_bf16(x);
+  auto y = at::empty({batch, n_out}, x.options());
+  const auto kernel = spmm_sorted_bf16_kernel;
+  allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
+  const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
+  const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt16 - 1) / kBt16));
+  kernel<<<grid, kThreads16, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+      layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
+      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(),
+      reinterpret_cast<const bf16*>(xt.const_data_ptr()), xt.stride(0), static_cast<int>(batch),
+      static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R, reinterpret_cast<bf16*>(y.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+}  // namespace sparselayer
