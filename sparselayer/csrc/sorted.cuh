@@ -62,6 +62,42 @@ __device__ __forceinline__ void load_slots(const int32_t* __restrict__ op, const
   }
 }
 
+// Walks one lane's segment of a chunk: slot t of the lane at op[32 t], vp[32 t] for t < L (the warp's longest),
+// calling entry(column byte offset, value) for t < len. Column offsets and values are loaded a group ahead (global
+// memory: ~600 cycles away).
+template <typename Entry>
+__device__ __forceinline__ void walk_segment(const int32_t* __restrict__ op, const float* __restrict__ vp, int L,
+                                             int len, Entry&& entry) {
+  constexpr int D = kAhead;
+  int oc[D];
+  float vc[D];
+  load_slots(op, vp, L, oc, vc);
+  for (int t0 = 0; t0 < L; t0 += D) {
+    op += D * kChunk;
+    vp += D * kChunk;
+    int on[D];
+    float vn[D];
+    load_slots(op, vp, L - t0 - D, on, vn);  // the next group, if any
+#pragma unroll
+    for (int u = 0; u < D; ++u)
+      if (t0 + u < len) entry(oc[u], vc[u]);
+#pragma unroll
+    for (int u = 0; u < D; ++u) oc[u] = on[u], vc[u] = vn[u];
+  }
+}
+
+// y[b0 + i, o0 + r0 + rr] = tr[i * rp + rr] for i < bt, rr < rp, skipping rows past R or n_rows and batch rows past
+// batch: the second half of the row-sorted kernels' transposed output, each warp storing along one of y's rows.
+template <int T, typename Out>
+__device__ __forceinline__ void store_transposed(const float* tr, int rp, int bt, int R, int r0, Out* __restrict__ y,
+                                                 int o0, int b0, int batch, int n_rows) {
+  for (int e = threadIdx.x; e < rp * bt; e += T) {
+    const int i = e / rp, rr = e % rp;
+    const int o = o0 + r0 + rr, b = b0 + i;
+    if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
+  }
+}
+
 // 16-byte shared-memory load and store at a 32-bit shared address (the XORed addresses below are computed on it).
 __device__ __forceinline__ uint4 lds16(uint32_t addr) {
   uint4 v;
@@ -72,12 +108,8 @@ __device__ __forceinline__ uint4 lds16(uint32_t addr) {
   return v;
 }
 __device__ __forceinline__ float4 lds16f(uint32_t addr) {
-  float4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(addr)
-               : "memory");
-  return v;
+  const uint4 v = lds16(addr);
+  return make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z), __uint_as_float(v.w));
 }
 __device__ __forceinline__ void sts16f(uint32_t addr, const float4& v) {
   asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)

@@ -154,35 +154,6 @@ sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ i
     chunks[bp * (R / C) + c].x = static_cast<int>(first + chunk_s[c].x);
 }
 
-// Multiplies one chunk's segment into the lane's accumulators: a[k] holds batch chunk k ^ (lane & 7), read at
-// xl + off ^ 16 k for a column at byte off of the tile (xl: the tile's shared address plus 16 (lane & 7)). Slot t
-// of the lane at op[t * 32], vp[t * 32] for t < L, multiplied for t < len. Column offsets and values are loaded a
-// group ahead (global memory: ~600 cycles away).
-__device__ __forceinline__ void multiply_chunk(float4 (&a)[8], uint32_t xl, const int32_t* __restrict__ op,
-                                               const float* __restrict__ vp, int L, int len) {
-  constexpr int D = kAhead;
-  int oc[D];
-  float vc[D];
-  load_slots(op, vp, L, oc, vc);
-  for (int t0 = 0; t0 < L; t0 += D) {
-    op += D * kChunk;
-    vp += D * kChunk;
-    int on[D];
-    float vn[D];
-    load_slots(op, vp, L - t0 - D, on, vn);  // the next group, if any
-#pragma unroll
-    for (int u = 0; u < D; ++u) {
-      if (t0 + u < len) {
-        const uint32_t xc = xl + oc[u];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) fma4(a[k], vc[u], lds16f(xc ^ (16 * k)));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < D; ++u) oc[u] = on[u], vc[u] = vn[u];
-  }
-}
-
 // y[b0 .. b0 + 31, o0 .. o0 + R - 1] = acc (the block's [R][32] accumulators): transposed through the x buffers
 // (rows_per_pass rows at a time, conflict-free both ways) so that the stores to y are coalesced along its rows.
 template <typename Out>
@@ -197,11 +168,7 @@ __device__ __forceinline__ void store_accumulators(const float* acc, float* tr, 
       tr[bi * rows_per_pass + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt + bi] : 0.f;
     }
     __syncthreads();
-    for (int e = tid; e < rows_per_pass * kBt; e += T) {
-      const int i = e / rows_per_pass, rr = e % rows_per_pass;
-      const int o = o0 + r0 + rr, b = b0 + i;
-      if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
-    }
+    store_transposed<T>(tr, rows_per_pass, kBt, R, r0, y, o0, b0, batch, n_rows);
     __syncthreads();
   }
 }
@@ -262,7 +229,12 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
       float4 a[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
-      multiply_chunk(a, xs + 16 * (lane & 7), off + ch.x + lane, pv + ch.x + lane, ch.y, len);
+      // a[k] holds batch chunk k ^ (lane & 7), read at xl + off ^ 16 k for a column at byte off of the tile
+      const uint32_t xl = xs + 16 * (lane & 7);
+      walk_segment(off + ch.x + lane, pv + ch.x + lane, ch.y, len, [&](int oc, float v) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) fma4(a[k], v, lds16f((xl + oc) ^ (16 * k)));
+      });
       if (len > 0) {
 #pragma unroll
         for (int k = 0; k < 8; ++k) sts16f(arow ^ (16 * k), a[k]);

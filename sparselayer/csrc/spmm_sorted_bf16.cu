@@ -59,38 +59,6 @@ __device__ __forceinline__ void copy_tile_bf16(bf16* __restrict__ ts, const bf16
 __device__ __forceinline__ float low_bf16(unsigned w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float high_bf16(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 
-// Multiplies a half chunk's segments into the lane's accumulators: a[2 k], a[2 k + 1] hold the batch values of the
-// x chunk at xl + off ^ 16 k for a column at byte off of the tile (xl: the tile plus the lane's own chunk, below).
-// Slot t of the lane at op[32 t], vp[32 t] for t < L, multiplied for t < len.
-__device__ __forceinline__ void multiply_half_chunk(float4 (&a)[8], uint32_t xl, const int32_t* __restrict__ op,
-                                                    const float* __restrict__ vp, int L, int len) {
-  constexpr int D = kAhead;
-  int oc[D];
-  float vc[D];
-  load_slots(op, vp, L, oc, vc);
-  for (int t0 = 0; t0 < L; t0 += D) {
-    op += D * kChunk;
-    vp += D * kChunk;
-    int on[D];
-    float vn[D];
-    load_slots(op, vp, L - t0 - D, on, vn);  // the next group, if any
-#pragma unroll
-    for (int u = 0; u < D; ++u) {
-      if (t0 + u < len) {
-        const uint32_t xc = xl + oc[u];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const uint4 w = lds16(xc ^ (16 * k));
-          fma4(a[2 * k], vc[u], make_float4(low_bf16(w.x), high_bf16(w.x), low_bf16(w.y), high_bf16(w.y)));
-          fma4(a[2 * k + 1], vc[u], make_float4(low_bf16(w.z), high_bf16(w.z), low_bf16(w.w), high_bf16(w.w)));
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < D; ++u) oc[u] = on[u], vc[u] = vn[u];
-  }
-}
-
 // y[b0 .. b0 + 63, o0 .. o0 + R - 1] = acc, transposed through tr (rp x 64 floats, rp a multiple of 32) so that
 // the stores to y run along its rows. A warp reads one batch half for 32 rows, each lane from its own quad rotation
 // within the half (32 distinct banks), and writes tr[b][row] along the rows (32 distinct banks).
@@ -107,11 +75,7 @@ __device__ __forceinline__ void store_accumulators_bf16(const float* acc, float*
       tr[b * rp + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt16 + slot] : 0.f;
     }
     __syncthreads();
-    for (int e = tid; e < rp * kBt16; e += T) {
-      const int i = e / rp, rr = e % rp;
-      const int o = o0 + r0 + rr, b = b0 + i;
-      if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
-    }
+    store_transposed<T>(tr, rp, kBt16, R, r0, y, o0, b0, batch, n_rows);
     __syncthreads();
   }
 }
@@ -172,7 +136,15 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
       float4 a[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
-      multiply_half_chunk(a, xl, off + first, pv + first, L, len);
+      // a[2 k], a[2 k + 1] hold the batch values of the x chunk at xl + off ^ 16 k for a column at byte off
+      walk_segment(off + first, pv + first, L, len, [&](int oc, float v) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const uint4 w = lds16((xl + oc) ^ (16 * k));
+          fma4(a[2 * k], v, make_float4(low_bf16(w.x), high_bf16(w.x), low_bf16(w.y), high_bf16(w.y)));
+          fma4(a[2 * k + 1], v, make_float4(low_bf16(w.z), high_bf16(w.z), low_bf16(w.w), high_bf16(w.w)));
+        }
+      });
       if (len > 0) {
 #pragma unroll
         for (int k = 0; k < 8; ++k) sts16f(arow ^ (16 * k), a[k]);
