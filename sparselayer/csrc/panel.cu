@@ -106,52 +106,45 @@ __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64
   }
 }
 
-// Already feature-major float32 (a transposed view, as an activation kept as x^T is): usable in place.
-bool is_feature_major(const at::Tensor& m) {
-  return m.scalar_type() == at::kFloat && (m.stride(0) == 1 || m.size(0) == 1) && m.stride(1) % 4 == 0 &&
+// Already feature-major in `type` (a transposed view, as an activation kept as x^T is: unit batch stride, rows of
+// whole 16-byte chunks, 16-byte aligned): usable in place.
+bool is_feature_major(const at::Tensor& m, at::ScalarType type) {
+  const int64_t per_chunk = 16 / c10::elementSize(type);
+  return m.scalar_type() == type && (m.stride(0) == 1 || m.size(0) == 1) && m.stride(1) % per_chunk == 0 &&
          reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0;
+}
+
+// m (batch, n) as `Out` (n, ld) rows, ld the batch rounded up to whole 16-byte chunks.
+template <typename In, typename Out>
+at::Tensor copy_feature_major(const at::Tensor& m, at::ScalarType out_type) {
+  const int64_t batch = m.size(0), n_cols = m.size(1), per_chunk = 16 / sizeof(Out);
+  const int64_t ld = (batch + per_chunk - 1) / per_chunk * per_chunk;
+  auto xt = at::empty({n_cols, ld}, m.options().dtype(out_type));
+  const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
+  TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
+  feature_major_kernel<In, Out><<<grid, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const In*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
+      static_cast<int>(n_cols), reinterpret_cast<Out*>(xt.data_ptr()), ld);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return xt;
 }
 
 }  // namespace
 
 at::Tensor feature_major(const at::Tensor& m, bool enabled) {
   if (!enabled) return at::Tensor();
-  const int64_t batch = m.size(0), n_cols = m.size(1);
-  if (is_feature_major(m)) return m.t();
-  const int64_t ld = (batch + 3) / 4 * 4;  // rows of whole 16-byte chunks
-  auto xt = at::empty({n_cols, ld}, m.options().dtype(at::kFloat));
-  const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
-  TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (m.scalar_type() == at::kBFloat16)
-    feature_major_kernel<bf16><<<grid, dim3(32, 8), 0, stream>>>(
-        reinterpret_cast<const bf16*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
-        static_cast<int>(n_cols), xt.data_ptr<float>(), ld);
-  else
-    feature_major_kernel<float><<<grid, dim3(32, 8), 0, stream>>>(
-        m.const_data_ptr<float>(), m.stride(0), m.stride(1), static_cast<int>(batch), static_cast<int>(n_cols),
-        xt.data_ptr<float>(), ld);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return xt;
+  if (is_feature_major(m, at::kFloat)) return m.t();
+  return m.scalar_type() == at::kBFloat16 ? copy_feature_major<bf16, float>(m, at::kFloat)
+                                          : copy_feature_major<float, float>(m, at::kFloat);
 }
 
 at::Tensor feature_major_bf16(const at::Tensor& m) {
-  const int64_t batch = m.size(0), n_cols = m.size(1);
-  if ((m.stride(0) == 1 || batch == 1) && m.stride(1) % 8 == 0 && reinterpret_cast<uintptr_t>(m.data_ptr()) % 16 == 0)
-    return m.t();
-  const int64_t ld = (batch + 7) / 8 * 8;  // rows of whole 16-byte chunks
-  auto xt = at::empty({n_cols, ld}, m.options());
-  const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
-  TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
-  feature_major_kernel<bf16, bf16><<<grid, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const bf16*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
-      static_cast<int>(n_cols), reinterpret_cast<bf16*>(xt.data_ptr()), ld);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return xt;
+  if (is_feature_major(m, at::kBFloat16)) return m.t();
+  return copy_feature_major<bf16, bf16>(m, at::kBFloat16);
 }
 
 at::Tensor feature_major_shared(const at::Tensor& m, bool store) {
-  if (is_feature_major(m)) return m.t();
+  if (is_feature_major(m, at::kFloat)) return m.t();
   if (env_int("SPARSELAYER_SHARE_FM") == 2) return feature_major(m, true);  // tuning override: never shared
   const std::array<int64_t, 4> params{m.size(0), m.size(1), m.stride(0) * 16 + m.element_size(), m.stride(1)};
   if (store) {

@@ -17,7 +17,7 @@ constexpr int kChunk = 32;           // rows per chunk: one per lane
 
 struct SortedConfig {
   int R, P;  // rows per block, columns per panel
-  int smem;  // dynamic shared memory of spmm_sorted_kernel (bytes)
+  int smem;  // dynamic shared memory of the row-sorted spmm kernel (bytes)
 };
 
 // The pack's blocks and panels for (n_out, n_cols) products of this batch on this device (environment overrides:
@@ -42,8 +42,8 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr, const at::Tensor& i
 at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                        const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
-// pv[s] = vals[src[s]] (float32 [slots + kSlotPad], zero past the last slot): the values in slot order, once per call (they change every step, the
-// slots only with the topology).
+// pv[s] = vals[src[s]] (float32 [slots + kSlotPad], zero past the last slot): the values in slot order, once per
+// call (they change every step, the slots only with the topology).
 at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals);
 
 constexpr int kAhead = 4;                 // entries of a lane whose column offsets and values are in flight at once

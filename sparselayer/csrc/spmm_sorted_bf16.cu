@@ -35,7 +35,8 @@ constexpr int kMaxRows16 = 512;   // rows per block: [512][64] fp32 accumulators
 constexpr int kThreads16 = 512;
 
 // The tile [P][64] of the bf16 feature-major x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 63, zero outside x:
-// 8 16-byte cp.async copies per column.
+// 8 16-byte cp.async copies per column (copy_tile of sorted.cuh for bf16; kept apart so that the fp32 kernels'
+// code, tuned and measured with copy_tile as it is, stays unchanged).
 template <int T>
 __device__ __forceinline__ void copy_tile_bf16(bf16* __restrict__ ts, const bf16* __restrict__ xt, int64_t ld,
                                                int batch, int n_cols, int b0, int c0, int P) {
@@ -167,10 +168,13 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
       choose_sorted(n_out, n_cols, batch, device, 16 + 2 * desc_ints(kMaxRows16) * 4, kBt16, kMaxRows16);
   const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
   const auto pv = slot_values(layout[4], vals);
+  // Not shared with sddmm as spmm_t's fp32 copy is (feature_major_shared): the bf16 sddmm, whose tiles are fp32,
+  // copies the gradient again; the bf16 layer step still gains (16384^2 b1024 99%: 2.84-2.90 vs 2.97 ms,
+  // benchmarks/results/history/tune-v14-bf16-tiles.log).
   const at::Tensor xt = feature_major_bf16(x);
   auto y = at::empty({batch, n_out}, x.options());
   const auto kernel = spmm_sorted_bf16_kernel;
-  allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
+  allow_smem(reinterpret_cast<const void*>(kernel), device);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt16 - 1) / kBt16));
   kernel<<<grid, kThreads16, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
