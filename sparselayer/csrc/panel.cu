@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -89,7 +90,7 @@ __global__ void panel_pointer_kernel(const int64_t* __restrict__ ptr, const int6
   pp[static_cast<int64_t>(p) * n_rows + r] = static_cast<int32_t>(lo);
 }
 
-// xt[c * ld + b] = Out(m[b, c]): 32 x 32 tiles through shared memory, reads and writes both coalesced.
+// xt[c * ld + b] = Out(m[b, c]) for float32 m: 32 x 32 tiles through shared memory, reads and writes both coalesced.
 template <typename In, typename Out = float>
 __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64_t sc, int batch, int n_cols,
                                      Out* __restrict__ xt, int64_t ld) {
@@ -103,6 +104,51 @@ __global__ void feature_major_kernel(const In* __restrict__ m, int64_t sb, int64
   for (int i = ty; i < 32; i += 8) {
     const int c = c0 + i, b = b0 + tx;
     if (c < n_cols && b < batch) store_as(xt + c * ld + b, tile[tx][i]);  // exact: a bf16 widened and narrowed
+  }
+}
+
+// The same copy from bfloat16 (m as its 16-bit patterns) to bfloat16 (Out = uint16_t) or float (widened exactly):
+// 64 x 64 tiles, two values per thread and access, so that a warp reads whole 128-byte rows (with 2-byte accesses the
+// 32 x 32 kernel above read 64 bytes per warp access: 37 us for a 1024 x 16384 bf16 x on an H100, 1.7 TB/s, where
+// the fp32 copy runs at 2.7).
+template <typename Out>
+__global__ void feature_major_bf16_kernel(const uint16_t* __restrict__ m, int64_t sb, int64_t sc, int batch,
+                                          int n_cols, Out* __restrict__ xt, int64_t ld) {
+  __shared__ uint16_t tile[64][65];  // tile[b][c]; the odd row length puts the column reads below in 32 banks
+  const int c0 = blockIdx.x * 64, b0 = blockIdx.y * 64, tx = threadIdx.x, ty = threadIdx.y;
+  // pairs of columns as one 4-byte load where they are adjacent and 4-byte aligned
+  const bool pairs = sc == 1 && sb % 2 == 0 && reinterpret_cast<uintptr_t>(m) % 4 == 0;
+  for (int i = ty; i < 64; i += 8) {
+    const int b = b0 + i, c = c0 + 2 * tx;
+    uint16_t lo = 0, hi = 0;
+    if (b < batch) {
+      const int64_t at = b * sb + c * sc;
+      if (pairs && c + 1 < n_cols) {
+        const uint32_t w = *reinterpret_cast<const uint32_t*>(m + at);
+        lo = static_cast<uint16_t>(w & 0xffffu);
+        hi = static_cast<uint16_t>(w >> 16);
+      } else {
+        if (c < n_cols) lo = m[at];
+        if (c + 1 < n_cols) hi = m[at + sc];
+      }
+    }
+    tile[i][2 * tx] = lo;
+    tile[i][2 * tx + 1] = hi;
+  }
+  __syncthreads();
+  for (int i = ty; i < 64; i += 8) {
+    const int c = c0 + i, b = b0 + 2 * tx;
+    if (c >= n_cols || b >= batch) continue;
+    Out* dst = xt + c * ld + b;  // ld and b even: aligned to two values
+    if constexpr (std::is_same_v<Out, float>) {
+      const float2 v = make_float2(__uint_as_float(uint32_t{tile[2 * tx][i]} << 16),
+                                   __uint_as_float(uint32_t{tile[2 * tx + 1][i]} << 16));
+      if (b + 1 < batch) *reinterpret_cast<float2*>(dst) = v;
+      else *dst = v.x;
+    } else {
+      if (b + 1 < batch) *reinterpret_cast<uint32_t*>(dst) = tile[2 * tx][i] | uint32_t{tile[2 * tx + 1][i]} << 16;
+      else *dst = tile[2 * tx][i];
+    }
   }
 }
 
@@ -122,9 +168,17 @@ at::Tensor copy_feature_major(const at::Tensor& m, at::ScalarType out_type) {
   auto xt = at::empty({n_cols, ld}, m.options().dtype(out_type));
   const dim3 grid(static_cast<unsigned>((n_cols + 31) / 32), static_cast<unsigned>((batch + 31) / 32));
   TORCH_CHECK(grid.y <= 65535, "sparselayer: batch ", batch, " is too large for the feature-major copy");
-  feature_major_kernel<In, Out><<<grid, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const In*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
-      static_cast<int>(n_cols), reinterpret_cast<Out*>(xt.data_ptr()), ld);
+  if constexpr (std::is_same_v<In, bf16>) {
+    using Bits = std::conditional_t<std::is_same_v<Out, bf16>, uint16_t, float>;
+    const dim3 grid64(static_cast<unsigned>((n_cols + 63) / 64), static_cast<unsigned>((batch + 63) / 64));
+    feature_major_bf16_kernel<Bits><<<grid64, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const uint16_t*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
+        static_cast<int>(n_cols), reinterpret_cast<Bits*>(xt.data_ptr()), ld);
+  } else {
+    feature_major_kernel<In, Out><<<grid, dim3(32, 8), 0, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const In*>(m.const_data_ptr()), m.stride(0), m.stride(1), static_cast<int>(batch),
+        static_cast<int>(n_cols), reinterpret_cast<Out*>(xt.data_ptr()), ld);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return xt;
 }

@@ -10,7 +10,7 @@
 // registers, as in the fp32 kernel). A warp takes half a chunk of the pack (16 of its 32 rows) at a time from a shared
 // counter, longest first; an entry costs its lane 4 x 16-byte reads (32 bf16) for 32 multiply-adds.
 //
-// Block: R output rows (512) x one batch tile of 64, T = 512 threads, shared memory = accumulators [R][64] floats
+// Block: R output rows (512) x one batch tile of 64, T = 512 threads (640 below 5% density), shared memory = accumulators [R][64] floats
 // (half h of row i at byte 256 i + 128 h, its float4 quad q at slot q ^ h), two x tiles [P][64] bfloat16 (column c at
 // 128 c bytes, batch values in natural order) of 352 columns and two panel descriptors, the next panel's tile and
 // descriptor copied (cp.async, from a bf16 feature-major copy of x) while the current one is multiplied.
@@ -33,6 +33,7 @@ namespace {
 constexpr int kBt16 = 64;         // batch tile: a tile column is 64 bfloat16, 128 bytes
 constexpr int kMaxRows16 = 512;   // rows per block: [512][64] fp32 accumulators are 128 KB
 constexpr int kThreads16 = 512;
+constexpr int kThreadsSparse16 = 640;  // below 5% density
 
 // The tile [P][64] of the bf16 feature-major x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 63, zero outside x:
 // 8 16-byte cp.async copies per column (copy_tile of sorted.cuh for bf16; kept apart so that the fp32 kernels'
@@ -63,10 +64,10 @@ __device__ __forceinline__ float high_bf16(unsigned w) { return __uint_as_float(
 // y[b0 .. b0 + 63, o0 .. o0 + R - 1] = acc, transposed through tr (rp x 64 floats, rp a multiple of 32) so that
 // the stores to y run along its rows. A warp reads one batch half for 32 rows, each lane from its own quad rotation
 // within the half (32 distinct banks), and writes tr[b][row] along the rows (32 distinct banks).
+template <int T>
 __device__ __forceinline__ void store_accumulators_bf16(const float* acc, float* tr, int R, int rp,
                                                         bf16* __restrict__ y, int o0, int b0, int batch,
                                                         int n_rows) {
-  constexpr int T = kThreads16;
   const int tid = threadIdx.x;
   for (int r0 = 0; r0 < R; r0 += rp) {
     for (int e = tid; e < rp * kBt16; e += T) {
@@ -84,12 +85,12 @@ __device__ __forceinline__ void store_accumulators_bf16(const float* acc, float*
 // items, chunks, n_chunks, off, pv: the pack of spmm_sorted.cu for row blocks of R and panels of P (off: the
 // column's byte offset 128 c, which is a 64-value bf16 column here); xt: x feature-major in bfloat16 (row c holds
 // x[:, c], rows of ldt values, ldt % 8 == 0).
-__global__ void __launch_bounds__(kThreads16, 1)
+template <int T>
+__global__ void __launch_bounds__(T, 1)
 spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                         const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                         const float* __restrict__ pv, const bf16* __restrict__ xt, int64_t ldt, int batch,
                         int n_cols, int n_rows, int n_panels, int P, int R, bf16* __restrict__ y) {
-  constexpr int T = kThreads16;
   extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
   float* acc = reinterpret_cast<float*>(smem4);                      // [R][64]
   bf16* xbuf = reinterpret_cast<bf16*>(acc + R * kBt16);            // 2 x [P][64]
@@ -154,7 +155,7 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
   }
   __syncthreads();
   // xbuf holds 2 P x 64 bf16 = P x 64 floats for the transpose
-  store_accumulators_bf16(acc, reinterpret_cast<float*>(xbuf), R, min(R, P), y, o0, b0, batch, n_rows);
+  store_accumulators_bf16<T>(acc, reinterpret_cast<float*>(xbuf), R, min(R, P), y, o0, b0, batch, n_rows);
 }
 
 }  // namespace
@@ -173,11 +174,19 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   // benchmarks/results/history/tune-v14-bf16-tiles.log).
   const at::Tensor xt = feature_major_bf16(x);
   auto y = at::empty({batch, n_out}, x.options());
-  const auto kernel = spmm_sorted_bf16_kernel;
+  // 20 warps (92 registers) where a row's segment of a panel is a few entries (under 5% density): more warps to hide
+  // the latency of each unit's first loads. Measured on an H100 (benchmarks/kernels-notes.md, v15): 16384^2 b1024
+  // 0.85 vs 0.87 ms at 99%, 1.39 vs 1.41 at 97%; 4096^2 b4096 0.36 vs 0.38 at 99%; but 3.42 vs 3.30 at 90% (16 warps
+  // stay there). Override: SPARSELAYER_SORTED_BF16_T=512 or 640.
+  const int t_env = env_int("SPARSELAYER_SORTED_BF16_T");
+  const bool sparse = static_cast<double>(idx.numel()) < 0.05 * static_cast<double>(n_out) * static_cast<double>(n_cols);
+  const int threads = t_env == 512 || t_env == 640 ? t_env : sparse ? kThreadsSparse16 : kThreads16;
+  const auto kernel = threads == kThreadsSparse16 ? spmm_sorted_bf16_kernel<kThreadsSparse16>
+                                                  : spmm_sorted_bf16_kernel<kThreads16>;
   allow_smem(reinterpret_cast<const void*>(kernel), device);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt16 - 1) / kBt16));
-  kernel<<<grid, kThreads16, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<grid, threads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(),
       reinterpret_cast<const bf16*>(xt.const_data_ptr()), xt.stride(0), static_cast<int>(batch),

@@ -101,6 +101,10 @@ SORTED_BF16 = {
                                 "SPARSELAYER_SORTED_P": "32"},
     "bf16-tiles-512-rows": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "512"},
     "fp32-tiles": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_BF16": "2"},
+    # both thread counts on every shape (the default takes 640 below 5% density)
+    "bf16-tiles-512-threads": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_BF16_T": "512"},
+    "bf16-tiles-small-blocks-640-threads": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_R": "96",
+                                            "SPARSELAYER_SORTED_P": "32", "SPARSELAYER_SORTED_BF16_T": "640"},
 }
 # Beyond SHAPES: 4 row blocks of 512, 9 panels of 352, two full batch tiles of 64 and a tail of 2.
 SORTED_SHAPES = SHAPES + [(2000, 3000, 60000, 7, 130)]
@@ -116,7 +120,8 @@ def test_bf16_row_sorted_kernels(shape, layout, variant, monkeypatch):
     _all_three(shape, layout, f"{variant} {layout}")
 
 
-@pytest.mark.parametrize("variant", ["bf16-tiles", "bf16-tiles-small-blocks"])
+@pytest.mark.parametrize("variant", ["bf16-tiles", "bf16-tiles-small-blocks", "bf16-tiles-512-threads",
+                                     "bf16-tiles-small-blocks-640-threads"])
 @pytest.mark.parametrize("shape", SORTED_SHAPES[-3:], ids=SORTED_IDS[-3:])
 def test_bf16_tiles_sum_what_the_fp32_kernel_sums(shape, variant, monkeypatch):
     """The bf16-tile kernel widens each bf16 exactly and adds in the fp32 kernel's order: its output is the fp32
