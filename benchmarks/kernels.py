@@ -99,6 +99,14 @@ def ceilings() -> dict:
     return {"copy_GBps": copy_gbps, "fp32_TFLOPs": fp32, "tf32_TFLOPs": tf32}
 
 
+# The fp32 spmm kernels the large shapes also time, each forced by its launcher's overrides.
+FORCED_SPMM_KERNELS = {
+    "row-sorted": {"SPARSELAYER_SPMM_SORTED": "1"},
+    "panel": {"SPARSELAYER_SPMM_SORTED": "2"},
+    "window": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SPMM_WINDOW": "1"},
+}
+
+
 def random_csr(n_out: int, n_in: int, sparsity: float, g: torch.Generator):
     """Uniformly random columns, the same count in every row (as the anchors): crow, col int64, values fp32."""
     per_row = max(1, round(n_in * (1 - sparsity)))
@@ -137,14 +145,15 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
         r["ours_step_nocache_ms"] = bench(our_step)
     finally:
         os.environ.pop("SPARSELAYER_NO_CACHE", None)
-    if n_in * n_out >= 4096 * 4096:  # both fp32 spmm kernels, for the record (same sums, same order)
-        for name, env in (("row-sorted", "1"), ("panel", "2")):
-            os.environ["SPARSELAYER_SPMM_SORTED"] = env
+    if n_in * n_out >= 4096 * 4096:  # every fp32 spmm kernel, for the record (same sums, same order)
+        for name, env in FORCED_SPMM_KERNELS.items():
+            os.environ.update(env)
             try:
                 r[f"ours_fwd_{name}_ms"] = bench(lambda: ops.spmm(crow, col, values, x, n_out))
                 r[f"ours_spmm_t_{name}_ms"] = bench(lambda: ops.spmm_t(ccol, row, perm, values, dy, n_in))
             finally:
-                os.environ.pop("SPARSELAYER_SPMM_SORTED", None)
+                for var in env:
+                    os.environ.pop(var, None)
     r.update(bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out))
     if n_in * n_out <= 1024 * 1024:  # small shapes: where does the time go?
         r.update(overhead(crow, col, values, x, n_out))
@@ -350,14 +359,15 @@ def table(res: dict) -> str:
         if "ours_fwd_nocache_ms" in r:
             lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: fwd {r['ours_fwd_ms']:.3f} vs "
                          f"{r['ours_fwd_nocache_ms']:.3f}; step {r['ours_step_ms']:.3f} vs {r['ours_step_nocache_ms']:.3f}")
-    lines += ["", "Both fp32 spmm kernels forced (csrc/spmm_sorted.cu, csrc/spmm.cu's panel kernels at their own "
-              "defaults), fwd / spmm_t ms, the default's own timing in brackets", ""]
+    lines += ["", "Every fp32 spmm kernel forced (csrc/spmm_sorted.cu; csrc/spmm.cu's panel kernels at their own "
+              "defaults; csrc/spmm_window.cu, opt-in, Hopper only), fwd / spmm_t ms, the default's own timing in "
+              "brackets", ""]
     for r in res["cases"]:
         if "ours_fwd_panel_ms" in r:
-            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: row-sorted "
-                         f"{r['ours_fwd_row-sorted_ms']:.3f} / {r['ours_spmm_t_row-sorted_ms']:.3f}, panel "
-                         f"{r['ours_fwd_panel_ms']:.3f} / {r['ours_spmm_t_panel_ms']:.3f} [{r['ours_fwd_ms']:.3f} / "
-                         f"{r['ours_spmm_t_ms']:.3f}]")
+            forced = ", ".join(f"{name} {r[f'ours_fwd_{name}_ms']:.3f} / {r[f'ours_spmm_t_{name}_ms']:.3f}"
+                               for name in FORCED_SPMM_KERNELS if f"ours_fwd_{name}_ms" in r)
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: {forced} "
+                         f"[{r['ours_fwd_ms']:.3f} / {r['ours_spmm_t_ms']:.3f}]")
     small = [r for r in res["cases"] if "fwd_direct_op_ms" in r]
     if small:
         lines += ["", "Small shapes, forward: through ops.spmm / the bare torch.ops call / its kernels alone (GPU time "

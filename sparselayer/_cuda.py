@@ -23,7 +23,7 @@ from . import _library  # noqa: F401  (the schemas must exist before the kernels
 
 __all__ = ["ensure_loaded", "is_loaded", "build_directory", "CudaBuildError"]
 
-SOURCES = ("panel.cu", "cache.cu", "spmm.cu", "spmm_sorted.cu", "spmm_sorted_bf16.cu", "spmm_t.cu", "sddmm.cu", "sddmm_sorted.cu", "register.cpp")
+SOURCES = ("panel.cu", "cache.cu", "spmm.cu", "spmm_sorted.cu", "spmm_sorted_bf16.cu", "spmm_window.cu", "spmm_t.cu", "sddmm.cu", "sddmm_sorted.cu", "register.cpp")
 CSRC = Path(__file__).resolve().parent / "csrc"
 _OPS = ("spmm", "spmm_t", "sddmm")
 _lock = threading.Lock()

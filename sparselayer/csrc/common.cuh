@@ -36,6 +36,8 @@ void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like);
 int num_sms(int device);
 // Largest dynamic shared memory (bytes) a block may opt into on this device.
 int max_smem_optin(int device);
+// The device's compute capability major version (9 on Hopper).
+int compute_major(int device);
 // Four-element vector loads are legal (float4 for float32, 8 bytes for bfloat16): unit column stride, rows
 // aligned to four elements.
 bool can_vectorise(const at::Tensor& m);
@@ -62,6 +64,18 @@ at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t 
 // per column): measured on an H100 (benchmarks/kernels-notes.md, v8), the 16384^2 b1024 forward at 99% (164 per
 // column) is 13% faster with it, the 4096^2 b4096 one (41) 1-7% slower.
 constexpr double kFmMinUses = 100.0;
+
+// The row-sorted kernels (spmm, spmm_t and sddmm) also take products of kLongRowsMinWork multiply-adds (nnz x batch)
+// and more whose rows average kLongRowsMinLength nonzeros: measured on an H100 (benchmarks/kernels-notes.md, v16,
+// tune-v16-*-select.log), 4096^2 at 99% (41 per row) row-sorted vs panel kernel, ms: b4096 forward 0.36-0.39 vs
+// 0.41-0.44, spmm_t 0.31-0.33 vs 0.41-0.44; b512 forward 0.10 vs 0.12-0.13, sddmm 0.10 vs 0.11; slower on the
+// 784 x 512 and 512 x 512 products at 99% (5-8 per row: 0.12 vs 0.09 ms forward).
+constexpr double kLongRowsMinLength = 32.0;
+constexpr double kLongRowsMinWork = 5e7;
+inline bool long_rows(int64_t nnz, int64_t n_rows, int64_t batch) {
+  return static_cast<double>(nnz) >= kLongRowsMinLength * static_cast<double>(n_rows) &&
+         static_cast<double>(nnz) * static_cast<double>(batch) >= kLongRowsMinWork;
+}
 
 // The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
 // when m is a feature-major float32 view already), for tiles staged with 16-byte copies; undefined when !enabled.

@@ -31,11 +31,13 @@ namespace {
 constexpr int kMaxDevices = 64;
 int g_sms[kMaxDevices];
 int g_smem[kMaxDevices];
+int g_major[kMaxDevices];
 std::once_flag g_once[kMaxDevices];
 
 void read_props(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&g_sms[device], cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&g_smem[device], cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&g_major[device], cudaDevAttrComputeCapabilityMajor, device));
 }
 }  // namespace
 
@@ -48,6 +50,11 @@ int num_sms(int device) {
 int max_smem_optin(int device) {
   num_sms(device);
   return g_smem[device];
+}
+
+int compute_major(int device) {
+  num_sms(device);
+  return g_major[device];
 }
 
 bool can_vectorise(const at::Tensor& m) {

@@ -36,7 +36,8 @@ constexpr int kSlotsPerThread = 8;  // (16 at 256 threads: 166 registers, one bl
 // and more whose grid fills the GPU (it declines otherwise, and where a panel's sums do not fit). Measured on an H100
 // (benchmarks/results/history/tune-v12-sddmm-staged.log, tune-v12-narrow-panels.log), ms tile -> row-sorted:
 // 16384^2 b1024 8.06 -> 5.56 at 90%, 2.94 -> 2.13 at 97%, 1.25-1.32 -> 1.15-1.23 at 99%; 4096^2 b4096 2.39 -> 1.63,
-// 0.97 -> 0.64, 0.50 -> 0.38; 4096^2 b512 0.177 -> 0.138 at 97%; smaller products up to 2x slower.
+// 0.97 -> 0.64, 0.50 -> 0.38; 4096^2 b512 0.177 -> 0.138 at 97%; smaller products up to 2x slower. Also on long
+// rows (common.cuh, long_rows).
 constexpr double kSortedMinWork = 1e8;
 
 // T threads per block of kSlotsPerThread slots: 512 (4096 slots, one block per SM) or 256 (two blocks per SM).
@@ -335,7 +336,8 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
     if (wide) launch_tiles<2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
     else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
   };
-  const bool sorted_default = static_cast<double>(nnz) * static_cast<double>(batch) >= kSortedMinWork;
+  const bool sorted_default =
+      static_cast<double>(nnz) * static_cast<double>(batch) >= kSortedMinWork || long_rows(nnz, n_out, batch);
   if (!(sorted_kernel_applies("SPARSELAYER_SDDMM_SORTED", sorted_default, batch) &&
         sorted_sddmm(crow, col, grad_y, x, out, target, splits_out))) {
     if (bf16_act) launch(bf16{});

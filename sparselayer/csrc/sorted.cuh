@@ -42,6 +42,11 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr, const at::Tensor& i
 at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
                                        const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
+// The window kernel (spmm_window.cu, fp32 x on Hopper) where it applies (SPARSELAYER_SPMM_WINDOW=1), and the product.
+bool window_kernel_applies(const at::Tensor& x, int64_t n_cols);
+at::Tensor window_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
+                                  const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
+
 // pv[s] = vals[src[s]] (float32 [slots + kSlotPad], zero past the last slot): the values in slot order, once per
 // call (they change every step, the slots only with the topology).
 at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals);

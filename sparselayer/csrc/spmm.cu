@@ -597,10 +597,12 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   // The row-sorted kernel wherever the panel kernel would stage x from a feature-major copy, on every large product,
   // and from 5% density on products of 2e8 multiply-adds (v11, benchmarks/kernels-notes.md: 16384^2 b1024 forward
   // 7.9 -> 5.0 ms at 90%, 2.8 -> 2.1 at 97%; 4096^2 b512 at 90% 0.58 -> 0.28, 784x512 b10000 0.26 -> 0.17; slower
-  // than the panel kernel at 99% on the small shapes, where a row's segment of a panel holds one or two entries).
+  // than the panel kernel at 99% on the small shapes, where a row's segment of a panel holds one or two entries),
+  // and on long rows (v16, long_rows).
   const double work = static_cast<double>(nnz) * batch;
   const bool dense_enough = static_cast<double>(nnz) >= kDbMinDensity * static_cast<double>(n_out) * n_cols;
-  const bool sorted_default = c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork);
+  const bool sorted_default = c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork) ||
+                              long_rows(nnz, n_out, batch);
   if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", sorted_default, batch))
     return sorted_csr_times_dense(ptr_in, idx_in, vals, perm_in, x, n_out);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);

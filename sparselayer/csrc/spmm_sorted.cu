@@ -366,6 +366,7 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   // override) widens x to fp32 tiles for this kernel instead.
   if (x.scalar_type() == at::kBFloat16 && env_int("SPARSELAYER_SORTED_BF16") != 2)
     return sorted_csr_times_dense_bf16(ptr, idx, vals, perm, x, n_out);
+  if (window_kernel_applies(x, x.size(1))) return window_csr_times_dense(ptr, idx, vals, perm, x, n_out);
   const int64_t batch = x.size(0), n_cols = x.size(1);
   // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
   const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);

@@ -192,6 +192,42 @@ def assert_deterministic(m, x, grad_y, seed):
         assert torch.equal(run(), run()), f"seed {seed}"
 
 
+# The window kernel's rings: the default, three 8-column panels on a 2-block grid (each block takes several
+# (row block, batch tile) items and its ring runs on across them), and two 32-column panels on 3 blocks.
+WINDOW_RINGS = {
+    "default-ring": {},
+    "three-slots-two-blocks": {"SPARSELAYER_WINDOW_K": "3", "SPARSELAYER_WINDOW_P": "8", "SPARSELAYER_WINDOW_GRID": "2"},
+    "two-slots-three-blocks": {"SPARSELAYER_WINDOW_K": "2", "SPARSELAYER_WINDOW_P": "32",
+                               "SPARSELAYER_WINDOW_GRID": "3"},
+}
+WINDOW_SHAPES = SHAPES + [(2000, 3000, 60000, 7, 130)]
+
+
+@pytest.mark.parametrize("ring", list(WINDOW_RINGS))
+@pytest.mark.parametrize("shape", WINDOW_SHAPES, ids=[*SHAPE_IDS, "2000x3000-nnz60000-empty7-b130"])
+def test_window_kernel_bit_equal_to_sorted(shape, ring, monkeypatch):
+    """The window kernel sums each row in column order as the row-sorted kernel does: the same bits, forward and
+    transposed, and the float64 reference to rounding."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the window kernel needs compute capability 9.0 (Hopper) or newer")
+    seed = _seed()
+    m, x, grad_y, w64 = _case(shape, torch.float32, "contiguous", seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
+    monkeypatch.setenv("SPARSELAYER_SPMM_SORTED", "1")
+    y_sorted = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
+    g_sorted = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
+    monkeypatch.setenv("SPARSELAYER_SPMM_WINDOW", "1")
+    for name, value in WINDOW_RINGS[ring].items():
+        monkeypatch.setenv(name, value)
+    _poison(shape[4] * shape[0], torch.float32)
+    y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
+    _poison(shape[4] * shape[1], torch.float32)
+    gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
+    assert torch.equal(y, y_sorted), f"spmm, seed {seed}"
+    assert torch.equal(gx, g_sorted), f"spmm_t, seed {seed}"
+    _check(y, x.double().cpu() @ w64.T, torch.float32, seed, "spmm (window)")
+
+
 def test_rejects_mixed_devices():
     crow, col, values = random_csr(7, 96, 333, 0, dtype=torch.float32, device="cuda")
     with pytest.raises(RuntimeError, match="CUDA tensor|device"):
@@ -274,6 +310,10 @@ KERNEL_VARIANTS = {
     "sorted-rows-global-descriptors": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_DESC": "2"},
     "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_SMALL_BLOCKS},
     "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_1024_ROWS},
+    # the window kernel (csrc/spmm_window.cu; Hopper and newer, elsewhere the row-sorted kernel runs)
+    "window": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SPMM_WINDOW": "1"},
+    "window-small-ring": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SPMM_WINDOW": "1", "SPARSELAYER_WINDOW_K": "3",
+                          "SPARSELAYER_WINDOW_P": "8", "SPARSELAYER_WINDOW_GRID": "2"},
 }
 
 
