@@ -19,7 +19,7 @@
 // ring [K][P][32] floats, then the mbarriers full[K] and empty[K].
 // The producer streams panel g (numbered across the block's items, g = item_count * n_panels + p) into ring slot
 // g % K. It waits until every consumer warp has released panel g - K (empty[g % K]), copies the panel with 16-byte
-// cp.async (one cp.async.bulk of 128 bytes per column was 5x slower: bulk copies that small are issue-bound), and
+// cp.async (one cp.async.bulk of 128 bytes per column was 5x slower: tune-v16-window-bulk-copies.log), and
 // each producer lane arrives on full[g % K] once its copies have landed. n_panels is a
 // multiple of K, so panel p of any item sits in slot p % K and the pack stores each entry's byte offset in the ring.
 // A consumer warp releases the panels below the lowest one its lanes still need. It waits on a panel's full barrier
@@ -43,21 +43,12 @@ constexpr int kWinThreads = kWinR + 32;       // + the producer warp
 constexpr int kWinOffsetBits = 18;            // an entry: panel << 18 | byte offset in the ring (< 256 KB)
 constexpr int kNoPanel = std::numeric_limits<int>::max();
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
-               "r"(bytes)
-               : "memory");
 }
 // True once the phase of this parity has completed (the barrier is never two phases ahead of a waiter here).
 __device__ __forceinline__ bool mbar_done(uint32_t bar, uint32_t parity) {
@@ -162,7 +153,7 @@ spmm_window_kernel(const int32_t* __restrict__ rows, const int2* __restrict__ sp
                    int n_rows, int n_panels, int P, int K, int n_row_blocks, int n_items, float* __restrict__ y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) float4 smem4[];
-  const uint32_t ring = smem_addr(smem4);
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
   const uint32_t full = ring + K * P * (kBt * 4), empty = full + 8 * K;  // mbarriers, 8 bytes each
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (tid == 0) {
