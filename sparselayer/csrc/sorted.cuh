@@ -91,18 +91,6 @@ __device__ __forceinline__ void walk_segment(const int32_t* __restrict__ op, con
   }
 }
 
-// y[b0 + i, o0 + r0 + rr] = tr[i * rp + rr] for i < bt, rr < rp, skipping rows past R or n_rows and batch rows past
-// batch: the second half of the row-sorted kernels' transposed output, each warp storing along one of y's rows.
-template <int T, typename Out>
-__device__ __forceinline__ void store_transposed(const float* tr, int rp, int bt, int R, int r0, Out* __restrict__ y,
-                                                 int o0, int b0, int batch, int n_rows) {
-  for (int e = threadIdx.x; e < rp * bt; e += T) {
-    const int i = e / rp, rr = e % rp;
-    const int o = o0 + r0 + rr, b = b0 + i;
-    if (r0 + rr < R && o < n_rows && b < batch) store_as(y + static_cast<int64_t>(b) * n_rows + o, tr[e]);
-  }
-}
-
 // 16-byte shared-memory load and store at a 32-bit shared address (the XORed addresses below are computed on it).
 __device__ __forceinline__ uint4 lds16(uint32_t addr) {
   uint4 v;
@@ -120,6 +108,76 @@ __device__ __forceinline__ void sts16f(uint32_t addr, const float4& v) {
   asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
 }
+__device__ __forceinline__ void sts4f(uint32_t addr, float v) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+
+// p[0 .. 3] = v where n > 3 and vec (p 16-byte aligned for float, 8 for bfloat16: one store), else p[u] for u < n.
+__device__ __forceinline__ void store4(float* p, const float4& v, int n, bool vec) {
+  if (vec && n > 3) {
+    *reinterpret_cast<float4*>(p) = v;
+    return;
+  }
+  const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+    if (u < n) p[u] = e[u];
+}
+__device__ __forceinline__ void store4(bf16* p, const float4& v, int n, bool vec) {
+  if (vec && n > 3) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    *reinterpret_cast<uint2*>(p) = make_uint2(*reinterpret_cast<const unsigned*>(&lo), *reinterpret_cast<const unsigned*>(&hi));
+    return;
+  }
+  const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+    if (u < n) store_as(p + u, e[u]);
+}
+
+// The row-sorted spmm kernels' output: y[b0 + b, o + i] = the sums of block row r + i (i < 32) for batch value b of
+// the tile, where rows is the shared address of row r's sums (H * 32 floats a row: H = 1 for the fp32 kernel's 32-value
+// batch tiles, 2 for the bf16 kernel's 64; half h of a row at byte 128 h, its 16-byte chunk c holding batch values
+// 32 h + 4 (c ^ h) .. + 3 when H = 2, 4 c .. + 3 when H = 1). The calling warp owns these 32 rows: it transposes each
+// half in place (lane i reads row i, then writes its values to row b of the half, column i), so that it then stores
+// along y's rows, 4 values per lane and 16-byte (fp32) or 8-byte (bf16) stores, 4 whole rows of 32 values per
+// instruction. All shared accesses hit 32 distinct banks. vec: y's rows are 16-byte aligned (n_rows % 4 == 0).
+// Why: the block-wide transpose through the x tiles that this replaces, with its passes, barriers and a division per
+// element, was 11% of spmm_sorted_kernel's instructions, run while nothing else could overlap it. Nsight Compute
+// (benchmarks/kernels-notes.md, v17): 369 M -> 342 M instructions and 1.07 -> 1.04 ms at 16384^2 b1024 99%, 124 M ->
+// 91 M and 335 -> 291 us at 4096^2 b4096 99%.
+template <int H, typename Out>
+__device__ __forceinline__ void store_rows32(uint32_t rows, Out* __restrict__ y, int o, int b0, int batch, int n_rows,
+                                             bool vec) {
+  constexpr int kRowBytes = 128 * H;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    const uint32_t half = rows + 128 * h;
+    float4 v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = lds16f(half + lane * kRowBytes + 16 * ((k + lane) & 7));
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int q = ((k + lane) & 7) ^ (H == 2 ? h : 0);  // the batch quad of the chunk read at step k
+      const uint32_t col = half + 4 * lane + 4 * q * kRowBytes;
+      sts4f(col, v[k].x);
+      sts4f(col + kRowBytes, v[k].y);
+      sts4f(col + 2 * kRowBytes, v[k].z);
+      sts4f(col + 3 * kRowBytes, v[k].w);
+    }
+    __syncwarp();
+    const int q = lane & 7, n = n_rows - o - 4 * q;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = 4 * i + (lane >> 3), b = b0 + 32 * h + r;
+      const float4 w = lds16f(half + r * kRowBytes + 16 * q);
+      if (b < batch) store4(y + static_cast<int64_t>(b) * n_rows + o + 4 * q, w, n, vec);
+    }
+  }
+}
+
 
 // A (row block, panel)'s part of the pack in shared memory: its items [R], chunks [R / 32] (int2) and chunk count,
 // padded to a multiple of 16 bytes (the second buffer's items take 16-byte copies).

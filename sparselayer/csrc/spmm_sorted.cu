@@ -154,25 +154,6 @@ sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ i
     chunks[bp * (R / C) + c].x = static_cast<int>(first + chunk_s[c].x);
 }
 
-// y[b0 .. b0 + 31, o0 .. o0 + R - 1] = acc (the block's [R][32] accumulators): transposed through the x buffers
-// (rows_per_pass rows at a time, conflict-free both ways) so that the stores to y are coalesced along its rows.
-template <typename Out>
-__device__ __forceinline__ void store_accumulators(const float* acc, float* tr, int R, int rows_per_pass,
-                                                   Out* __restrict__ y, int o0, int b0, int batch, int n_rows) {
-  constexpr int T = kSortedThreads;
-  const int tid = threadIdx.x;
-  for (int r0 = 0; r0 < R; r0 += rows_per_pass) {
-    for (int e = tid; e < rows_per_pass * kBt; e += T) {
-      const int lane = e & 31, rr = ((e >> 10) << 5) | lane, i = (e >> 5) & 31;
-      const int bi = (i + lane) & 31;  // lane-rotated batch index: 32 distinct banks on both sides
-      tr[bi * rows_per_pass + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt + bi] : 0.f;
-    }
-    __syncthreads();
-    store_transposed<T>(tr, rows_per_pass, kBt, R, r0, y, o0, b0, batch, n_rows);
-    __syncthreads();
-  }
-}
-
 // items, chunks, n_chunks: the pack (sorted_rank_kernel, sorted_fill_kernel) for row blocks of R and panels of P;
 // off, pv: column byte offsets and values per slot; xt: x feature-major (row c holds x[:, c], rows of ldt floats).
 // A panel's descriptor arrives in shared memory with its x tile (staged: by Nsight Compute, a quarter of the warps'
@@ -242,7 +223,9 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
     }
   }
   __syncthreads();
-  store_accumulators(acc, xbuf, R, min(R, 2 * P), y, o0, b0, batch, n_rows);
+  const int warp = tid >> 5;
+  for (int t = warp; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
+    store_rows32<1>(acc_base + t * 32 * (kBt * 4), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
 }
 
 template <typename Out>

@@ -61,27 +61,6 @@ __device__ __forceinline__ void copy_tile_bf16(bf16* __restrict__ ts, const bf16
 __device__ __forceinline__ float low_bf16(unsigned w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float high_bf16(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 
-// y[b0 .. b0 + 63, o0 .. o0 + R - 1] = acc, transposed through tr (rp x 64 floats, rp a multiple of 32) so that
-// the stores to y run along its rows. A warp reads one batch half for 32 rows, each lane from its own quad rotation
-// within the half (32 distinct banks), and writes tr[b][row] along the rows (32 distinct banks).
-template <int T>
-__device__ __forceinline__ void store_accumulators_bf16(const float* acc, float* tr, int R, int rp,
-                                                        bf16* __restrict__ y, int o0, int b0, int batch,
-                                                        int n_rows) {
-  const int tid = threadIdx.x;
-  for (int r0 = 0; r0 < R; r0 += rp) {
-    for (int e = tid; e < rp * kBt16; e += T) {
-      const int lane = e & 31, i = (e >> 5) & 63, rr = ((e >> 11) << 5) | lane;
-      const int h = i >> 5, b = (h << 5) | ((i + lane) & 31);           // logical batch index
-      const int slot = (h << 5) | ((((b >> 2) & 7) ^ h) << 2) | (b & 3);  // where acc keeps it
-      tr[b * rp + rr] = r0 + rr < R ? acc[(r0 + rr) * kBt16 + slot] : 0.f;
-    }
-    __syncthreads();
-    store_transposed<T>(tr, rp, kBt16, R, r0, y, o0, b0, batch, n_rows);
-    __syncthreads();
-  }
-}
-
 // items, chunks, n_chunks, off, pv: the pack of spmm_sorted.cu for row blocks of R and panels of P (off: the
 // column's byte offset 128 c, which is a 64-value bf16 column here); xt: x feature-major in bfloat16 (row c holds
 // x[:, c], rows of ldt values, ldt % 8 == 0).
@@ -154,8 +133,9 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
     }
   }
   __syncthreads();
-  // xbuf holds 2 P x 64 bf16 = P x 64 floats for the transpose
-  store_accumulators_bf16<T>(acc, reinterpret_cast<float*>(xbuf), R, min(R, P), y, o0, b0, batch, n_rows);
+  const int warp = tid >> 5;
+  for (int t = warp; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
+    store_rows32<2>(acc_base + t * 32 * (kBt16 * 4), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
 }
 
 }  // namespace
