@@ -178,6 +178,15 @@ __device__ __forceinline__ void store_rows32(uint32_t rows, Out* __restrict__ y,
   }
 }
 
+// The whole block's sums (R rows from the shared address acc, H * 32 floats a row) to y[b0 ..][o0 ..]: warp w of the
+// T threads writes rows 32 t .. 32 t + 31 for t = w, w + T / 32, .. (store_rows32), after the caller's last barrier.
+template <int H, int T, typename Out>
+__device__ __forceinline__ void store_sums(uint32_t acc, int R, Out* __restrict__ y, int o0, int b0, int batch,
+                                           int n_rows) {
+  for (int t = threadIdx.x >> 5; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
+    store_rows32<H>(acc + t * 32 * (128 * H), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
+}
+
 
 // A (row block, panel)'s part of the pack in shared memory: its items [R], chunks [R / 32] (int2) and chunk count,
 // padded to a multiple of 16 bytes (the second buffer's items take 16-byte copies).

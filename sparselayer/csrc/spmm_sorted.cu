@@ -223,9 +223,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
     }
   }
   __syncthreads();
-  const int warp = tid >> 5;
-  for (int t = warp; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
-    store_rows32<1>(acc_base + t * 32 * (kBt * 4), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
+  store_sums<1, T>(acc_base, R, y, o0, b0, batch, n_rows);
 }
 
 template <typename Out>

@@ -133,9 +133,7 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
     }
   }
   __syncthreads();
-  const int warp = tid >> 5;
-  for (int t = warp; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
-    store_rows32<2>(acc_base + t * 32 * (kBt16 * 4), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
+  store_sums<2, T>(acc_base, R, y, o0, b0, batch, n_rows);
 }
 
 }  // namespace
