@@ -17,6 +17,9 @@ repeats of:
              fp32 and in bf16.
   bf16 mode  our three ops and the layer step with bfloat16 activations and float32 values (fp32 accumulation),
              against dense bf16 cuBLAS: the comparison for a user who would otherwise autocast a dense layer.
+  SparseMLP  a 3-layer network's training step, activations feature-major between layers vs row-major.
+  feature-major  on 4096^2 and larger, our ops and step again on feature-major activations (strides (1, batch):
+             what SparseMLP passes between its layers, and the layout cuSPARSE gets): no per-call copies.
 It prints, per op, the floor (max of FLOPs over the measured fp32 matmul rate and the compulsory bytes over
 the measured copy bandwidth), our distance to it and our effective bandwidth; it checks our outputs
 against cuSPARSE's; and it reports the peak memory of a SparseLinear training step at 16384^2, 99%.
@@ -155,6 +158,8 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
                 for var in env:
                     os.environ.pop(var, None)
     r.update(bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out))
+    if n_in * n_out >= 4096 * 4096:
+        r.update(feature_major_activations(crow, col, ccol, row, perm, values, x, dy, n_out))
     if n_in * n_out <= 1024 * 1024:  # small shapes: where does the time go?
         r.update(overhead(crow, col, values, x, n_out))
 
@@ -230,6 +235,24 @@ def layer_step(crow, col, ccol, row, perm, values, x, dy, n_out):
     return step
 
 
+def feature_major_activations(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
+    """Our ops and layer step on feature-major activations (strides (1, batch)), as SparseMLP keeps them between
+    its layers: results and gradients come out feature-major, so no per-call transposed copy. cuSPARSE is timed on
+    this layout above (its feature-major copies made outside its timing)."""
+    n_in = x.shape[1]
+    xf, dyf = x.t().contiguous().t(), dy.t().contiguous().t()
+    xbf, dybf = xf.bfloat16(), dyf.bfloat16()  # .bfloat16() keeps the strides
+    return {
+        "fm_fwd_ms": bench(lambda: ops.spmm(crow, col, values, xf, n_out)),
+        "fm_spmm_t_ms": bench(lambda: ops.spmm_t(ccol, row, perm, values, dyf, n_in)),
+        "fm_sddmm_ms": bench(lambda: ops.sddmm(crow, col, dyf, xf)),
+        "fm_step_ms": bench(layer_step(crow, col, ccol, row, perm, values, xf, dyf, n_out)),
+        "fm_bf16_fwd_ms": bench(lambda: ops.spmm(crow, col, values, xbf, n_out)),
+        "fm_bf16_step_ms": bench(layer_step(crow, col, ccol, row, perm, values, xbf, dybf, n_out)),
+        "err_fm_fwd": rel_err(ops.spmm(crow, col, values, xf, n_out), ops.spmm(crow, col, values, x, n_out)),
+    }
+
+
 def bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
     """The bf16-activation mode: float32 values, bfloat16 activations (x, grad_y, outputs), fp32 accumulation."""
     n_in = x.shape[1]
@@ -272,6 +295,30 @@ def overhead(crow, col, values, x, n_out) -> dict:
         "fwd_kernels_ms": kernel_ms(lambda: op(crow, col, values, x, n_out)),
         "dense_fwd_kernels_ms": kernel_ms(lambda: torch.nn.functional.linear(x, w)),
     }
+
+
+def mlp_steps(n: int, batch: int, sparsity: float = 0.99, depth: int = 3) -> dict:
+    """A SparseMLP of `depth` n x n layers (ReLU between them), one training step (forward, loss, backward), as the
+    network runs it (activations feature-major between layers) and with the same layers chained on row-major
+    activations (what SparseMLP did before v18: a transposed copy per product), in one run."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    model = sparselayer.SparseMLP([n] * (depth + 1), sparsity, output_activation=None, device="cuda", generator=g)
+    x = torch.randn(batch, n, device="cuda", generator=g)
+
+    def feature_major():
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+
+    def row_major():
+        model.zero_grad(set_to_none=True)
+        h = x
+        for i, layer in enumerate(model.layers):
+            h = layer(h.contiguous())
+            h = h if i == depth - 1 else model.hidden_activation(h)
+        h.square().mean().backward()
+
+    return {"n": n, "batch": batch, "sparsity": sparsity, "depth": depth,
+            "feature_major_ms": bench(feature_major), "row_major_ms": bench(row_major)}
 
 
 def memory_step(n: int = 16384, batch: int = 1024, sparsity: float = 0.99) -> dict:
@@ -353,6 +400,21 @@ def table(res: dict) -> str:
                 f" dense bf16 {r['dense_bf16_fwd_ms']:.3f} / {r['dense_bf16_step_ms']:.3f}: fwd "
                 f"{r['dense_bf16_fwd_ms'] / r['bf16_fwd_ms']:.2f}x, step {r['dense_bf16_step_ms'] / r['bf16_step_ms']:.2f}x;"
                 f" err {r['err_bf16_fwd']:.1e} / {r['err_bf16_sddmm']:.1e}")
+    fm = [r for r in res["cases"] if "fm_fwd_ms" in r]
+    if fm:
+        lines += ["", "Feature-major activations (strides (1, batch): what SparseMLP passes between its layers, and the "
+                  "layout cuSPARSE is given above): ours fwd / spmm_t / sddmm / step ms, xC = cuSPARSE time / ours "
+                  "(step: torch.sparse's), x dense = dense fp32 step / ours; bf16-activation mode fwd / step against "
+                  "dense bf16", ""]
+        for r in fm:
+            c = {op: r[f"cusparse_{op}_ms"] / r[f"fm_{op}_ms"] for op in ("fwd", "spmm_t", "sddmm", "step")}
+            lines.append(
+                f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: {r['fm_fwd_ms']:.3f} / "
+                f"{r['fm_spmm_t_ms']:.3f} / {r['fm_sddmm_ms']:.3f} / {r['fm_step_ms']:.3f} (xC {c['fwd']:.2f} / "
+                f"{c['spmm_t']:.2f} / {c['sddmm']:.2f} / {c['step']:.2f}, x dense {r['dense_step_ms'] / r['fm_step_ms']:.2f}; "
+                f"row-major {r['ours_fwd_ms']:.3f} / {r['ours_spmm_t_ms']:.3f} / {r['ours_sddmm_ms']:.3f} / "
+                f"{r['ours_step_ms']:.3f}); bf16 {r['fm_bf16_fwd_ms']:.3f} / {r['fm_bf16_step_ms']:.3f} vs dense bf16 "
+                f"{r['dense_bf16_fwd_ms']:.3f} / {r['dense_bf16_step_ms']:.3f}; err vs row-major {r['err_fm_fwd']:.1e}")
     lines += ["", "Per-topology layout cache: fwd and step with the cache vs rebuilt every call "
               "(SPARSELAYER_NO_CACHE=1, what the first call after a topology change pays), ms", ""]
     for r in res["cases"]:
@@ -377,6 +439,13 @@ def table(res: dict) -> str:
                          f"{r['fwd_direct_op_ms']:.4f} / {r['fwd_kernels_ms']:.4f} / {r['dense_fwd_kernels_ms']:.4f}")
     lines += ["", "Targets of the issue (large shapes: 4096x4096 b4096 and 16384x16384 b1024):", ""]
     lines += targets(res)
+    if res.get("mlp"):
+        lines += ["", "SparseMLP training step (forward, loss, backward; ReLU between n x n layers at 99%): as the network "
+                  "runs it, activations feature-major between layers, vs the same layers chained on row-major "
+                  "activations, ms", ""]
+        for m in res["mlp"]:
+            lines.append(f"- {m['depth']} layers {m['n']}^2, b{m['batch']}: {m['feature_major_ms']:.3f} vs "
+                         f"{m['row_major_ms']:.3f} ({m['row_major_ms'] / m['feature_major_ms']:.2f}x)")
     m = res.get("memory")
     if m:
         lines += ["", f"Memory: SparseLinear {m['n']}x{m['n']} at {m['sparsity']} sparsity, batch {m['batch']} "
@@ -389,12 +458,13 @@ def targets(res: dict) -> list[str]:
     """One line per target of the issue, with the measured ratio and whether it is met."""
     out = []
     large = [r for r in res["cases"] if (r["n_in"], r["batch"]) in ((4096, 4096), (16384, 1024))]
-    for r in large:
-        need = 1.5 if r["sparsity"] < 0.95 else 2.0
-        for op in ("fwd", "spmm_t", "sddmm"):
-            x = r[f"cusparse_{op}_ms"] / r[f"ours_{op}_ms"]
-            out.append(f"- {op} {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}: {x:.2f}x cuSPARSE "
-                       f"(target {need}x): {'met' if x >= need else 'NOT met'}")
+    for prefix, layout in (("ours", ""), ("fm", ", feature-major activations")):
+        for r in (r for r in large if f"{prefix}_fwd_ms" in r):
+            need = 1.5 if r["sparsity"] < 0.95 else 2.0
+            for op in ("fwd", "spmm_t", "sddmm"):
+                x = r[f"cusparse_{op}_ms"] / r[f"{prefix}_{op}_ms"]
+                out.append(f"- {op} {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}{layout}: {x:.2f}x cuSPARSE "
+                           f"(target {need}x): {'met' if x >= need else 'NOT met'}")
     for r in large:
         x = r["cusparse_step_ms"] / r["ours_step_ms"]
         out.append(f"- layer step {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}: {x:.2f}x torch.sparse "
@@ -404,11 +474,23 @@ def targets(res: dict) -> list[str]:
             x = r["dense_step_ms"] / r["ours_step_ms"]
             out.append(f"- layer step {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}: {x:.2f}x dense fp32 "
                        f"(target {need}x): {'met' if x >= need else 'NOT met'}")
+        if "fm_step_ms" in r:
+            x = r["cusparse_step_ms"] / r["fm_step_ms"]
+            out.append(f"- layer step {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}, feature-major activations: "
+                       f"{x:.2f}x torch.sparse (target 2.5x): {'met' if x >= 2.5 else 'NOT met'}")
+            if need:
+                x = r["dense_step_ms"] / r["fm_step_ms"]
+                out.append(f"- layer step {r['n_in']}^2 b{r['batch']} {r['sparsity']:.2f}, feature-major activations: "
+                           f"{x:.2f}x dense fp32 (target {need}x): {'met' if x >= need else 'NOT met'}")
     for r in large:
         if r["sparsity"] == 0.99 and r["n_in"] == 16384:
             x = r["bf16_fwd_ms"]
             out.append(f"- bf16-activation mode, 99% forward {x:.3f} ms vs dense bf16 cuBLAS "
                        f"{r['dense_bf16_fwd_ms']:.3f} ms (target: faster): {'met' if x < r['dense_bf16_fwd_ms'] else 'NOT met'}")
+            if "fm_bf16_fwd_ms" in r:
+                x = r["fm_bf16_fwd_ms"]
+                out.append(f"- the same, feature-major activations: {x:.3f} ms vs {r['dense_bf16_fwd_ms']:.3f} ms: "
+                           f"{'met' if x < r['dense_bf16_fwd_ms'] else 'NOT met'}")
             out.append(f"- stretch, within 3x of the floor at 99%: fwd {r['ours_fwd_over_floor']:.1f}x, spmm_t "
                        f"{r['ours_spmm_t_over_floor']:.1f}x, sddmm {r['ours_sddmm_over_floor']:.1f}x of "
                        f"{r['floor_fwd_ms']:.3f} ms: NOT met")
@@ -445,6 +527,15 @@ def main() -> None:
                   f"dense {r['dense_fwd_ms']:.3f} step {r['dense_step_ms']:.3f} | err {r['err_fwd']:.1e} "
                   f"{r['err_spmm_t']:.1e} {r['err_sddmm']:.1e}", flush=True)
             torch.cuda.empty_cache()
+    try:
+        res["mlp"] = [mlp_steps(n, batch) for n, batch in ((4096, 4096), (16384, 1024)) if (n, n, batch) in shapes]
+    except Exception as e:  # report, don't lose the timings
+        res["mlp_error"] = f"{type(e).__name__}: {e}"
+        print("SparseMLP step failed:", res["mlp_error"], flush=True)
+    for m in res.get("mlp", []):
+        print(f"SparseMLP {m['depth']} x {m['n']}^2 b{m['batch']} {m['sparsity']}: step {m['feature_major_ms']:.3f} ms "
+              f"(row-major activations {m['row_major_ms']:.3f})", flush=True)
+    torch.cuda.empty_cache()
     try:
         res["memory"] = memory_step()
     except Exception as e:  # report, don't lose the timings

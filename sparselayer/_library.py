@@ -18,6 +18,12 @@ dtype, or are bfloat16 with float32 values ("bf16-activation mode", what autocas
 nn.Linear): products are accumulated in float32 and spmm / spmm_t round their result to bfloat16 once, while
 sddmm, the gradient of the float32 values, returns float32. The Python wrappers in `ops.py` reject every other
 mixture (float16 anywhere included) before a kernel runs.
+
+Layouts. spmm's y and spmm_t's grad_x take the layout of their dense operand (x, grad_y), as a convolution's
+output takes a channels_last input's: row-major for a row-major operand, feature-major (the transposed view of an
+(n, batch) tensor, strides (1, batch)) for a feature-major one (`is_feature_major`). A network that keeps its
+activations feature-major (SparseMLP does, between its layers) then never copies them: the CUDA kernels stage
+activations feature-major and use such an operand in place, where a row-major one costs a transposed copy per call.
 """
 
 import torch
@@ -40,3 +46,22 @@ LIBRARY.define("sddmm(Tensor crow, Tensor col, Tensor grad_y, Tensor x) -> Tenso
 def sddmm_dtype(activation: torch.dtype) -> torch.dtype:
     """sddmm's result dtype for grad_y and x of `activation`: the values' dtype, float32 in bf16-activation mode."""
     return torch.float32 if activation == torch.bfloat16 else activation
+
+
+def is_feature_major(t: torch.Tensor) -> bool:
+    """Whether the 2-D activation t (batch, n) is laid out feature-major (stride 1 along the batch), so that spmm and
+    spmm_t return their result feature-major too. A single row or column is row-major (both layouts coincide)."""
+    return t.shape[0] > 1 and t.shape[1] > 1 and t.stride(0) == 1
+
+
+def empty_activation(like: torch.Tensor, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (batch, n) result in the layout of the operand `like` (batch, ...): see Layouts above."""
+    batch = like.shape[0]
+    if is_feature_major(like) and n > 1:
+        return like.new_empty((n, batch), dtype=dtype).t()
+    return like.new_empty((batch, n), dtype=dtype)
+
+
+def to_feature_major(t: torch.Tensor) -> torch.Tensor:
+    """t (batch, n) as a feature-major tensor of the same values (t itself if it already is one)."""
+    return t if is_feature_major(t) else t.t().contiguous().t()

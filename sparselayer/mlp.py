@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._library import to_feature_major
 from .init import check_sparsity, init_std
 from .layer import SparseLinear
 
@@ -64,10 +65,15 @@ class SparseMLP(nn.Module):
         x = x.flatten(1) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"SparseMLP expects inputs (batch, {self.sizes[0]}), got shape {tuple(x.shape)}")
+        if any(isinstance(m, SparseLinear) for m in self.layers):
+            # Activations stay feature-major from layer to layer (the op contract's Layouts, `_library.py`): the
+            # sparse products then read them and write their results, gradients included, without a transposed
+            # copy per call. One copy in, one out, so callers see a row-major result as from any nn.Module.
+            x = to_feature_major(x)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             x = self.output_activation(x) if i == len(self.layers) - 1 else self.hidden_activation(x)
-        return x
+        return x.contiguous()  # (batch, sizes[-1])
 
     def sparse_layers(self) -> list[SparseLinear]:
         return [m for m in self.layers if isinstance(m, SparseLinear)]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from ._library import sddmm_dtype  # importing _library defines the schemas
+from ._library import empty_activation, is_feature_major, sddmm_dtype  # importing _library defines the schemas
+from ._library import to_feature_major
 from .csr import pointers, row_indices, transpose_index
 
 __all__ = ["spmm", "spmm_t", "sddmm", "linear"]
@@ -134,13 +135,13 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.
 @torch.library.register_fake("sparselayer::spmm")
 def _spmm_fake(crow, col, values, x, n_out):
     _ensure_backend_fake(x)
-    return x.new_empty((x.shape[0], n_out))
+    return empty_activation(x, n_out)
 
 
 @torch.library.register_fake("sparselayer::spmm_t")
 def _spmm_t_fake(ccol, row, perm, values, grad_y, n_in):
     _ensure_backend_fake(grad_y)
-    return grad_y.new_empty((grad_y.shape[0], n_in))
+    return empty_activation(grad_y, n_in)
 
 
 @torch.library.register_fake("sparselayer::sddmm")
@@ -179,8 +180,16 @@ def _spmm_setup(ctx, inputs, output):
     ctx.save_for_backward(crow, col, values, x)
 
 
+def _in_layout_of(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The output's gradient, feature-major where the input x is. The loss hands a row-major gradient to a network
+    whose activations are feature-major (SparseMLP's): one copy here, which spmm_t and sddmm would each need anyway,
+    makes grad_x feature-major too, so the layers below get their gradients in their activations' layout."""
+    return to_feature_major(grad) if is_feature_major(x) else grad
+
+
 def _spmm_backward(ctx, grad):
     crow, col, values, x = ctx.saved_tensors
+    grad = _in_layout_of(grad, x)
     grad_values = grad_x = None
     if ctx.needs_input_grad[3]:
         # Standalone spmm has no CSC index at hand; SparseLinear uses `linear`, which keeps one.
@@ -259,6 +268,7 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # grad: (batch, n_out)
         crow, col, ccol, row, perm, values, x = ctx.saved_tensors
+        grad = _in_layout_of(grad, x)
         grad_values = grad_bias = grad_x = None
         if ctx.needs_input_grad[7]:
             grad_x = torch.ops.sparselayer.spmm_t.default(ccol, row, perm, values, grad, x.shape[1])  # (batch, n_in)

@@ -1,10 +1,12 @@
 """Helpers of the CPU kernels: CSR buffers as a torch sparse CSR tensor (for torch's vectorised MKL or native
-CPU kernels), the row-major result copy, and running with autocast off."""
+CPU kernels), the result in the operand's layout, and running with autocast off."""
 
 import functools
 import warnings
 
 import torch
+
+from .._library import empty_activation
 
 
 def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -15,10 +17,14 @@ def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shap
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def contiguous_as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t (a transposed product) row-major in `dtype`, in one copy. (t.to(dtype, memory_format=contiguous)
-    returns the strided t itself when the dtype already matches.)"""
-    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
+def activation_result(product_t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The product W @ operand^T, (n, batch), as the (batch, n) result in `like`'s dtype and layout (the op
+    contract's Layouts, `_library.py`): a feature-major result is the product's transpose itself (no copy when the
+    dtype matches), a row-major one takes one copy that also rounds to the dtype."""
+    out = empty_activation(like, product_t.shape[0], like.dtype)
+    if out.stride(0) == 1 and out.shape[1] > 1:  # feature-major: the product's own layout
+        return product_t.to(like.dtype).contiguous().t()
+    return out.copy_(product_t.t())
 
 
 def without_autocast(kernel):

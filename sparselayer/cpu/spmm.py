@@ -2,7 +2,7 @@
 
 import torch
 
-from ._matrix import contiguous_as, csr_matrix, without_autocast
+from ._matrix import activation_result, csr_matrix, without_autocast
 
 
 @without_autocast
@@ -11,6 +11,5 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.T
     w = csr_matrix(crow, col, values, (n_out, n_in))
     # bf16 x with fp32 values: torch's CSR kernels take no bf16, and the contract accumulates in fp32 anyway.
     xt = x.t().to(values.dtype)  # (n_in, batch)
-    # W @ x^T is the CSR-times-dense product torch implements natively; transpose back to (batch, n_out),
-    # rounding to x's dtype in the same copy.
-    return contiguous_as((w @ xt).t(), x.dtype)  # (batch, n_out)
+    # W @ x^T is the CSR-times-dense product torch implements natively; y is its transpose, in x's layout.
+    return activation_result(w @ xt, x)  # (batch, n_out)

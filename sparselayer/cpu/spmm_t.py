@@ -2,7 +2,7 @@
 
 import torch
 
-from ._matrix import contiguous_as, csr_matrix, without_autocast
+from ._matrix import activation_result, csr_matrix, without_autocast
 
 
 @without_autocast
@@ -17,4 +17,4 @@ def spmm_t(
     n_out = grad_y.shape[1]
     w_t = csr_matrix(ccol, row, values[perm], (n_in, n_out))
     gt = grad_y.t().to(values.dtype)  # (n_out, batch); bf16 grad_y is computed in fp32 (see spmm)
-    return contiguous_as((w_t @ gt).t(), grad_y.dtype)  # (batch, n_in)
+    return activation_result(w_t @ gt, grad_y)  # (batch, n_in), in grad_y's layout

@@ -88,6 +88,18 @@ at::Tensor feature_major_bf16(const at::Tensor& m);
 // a layer's backward copies its incoming gradient once. The copy lives as long as that gradient does.
 at::Tensor feature_major_shared(const at::Tensor& m, bool store);
 
+// The layouts of the op contract (sparselayer/_library.py, Layouts): spmm's and spmm_t's (batch, n) result is
+// feature-major (the transposed view of an (n, batch) tensor) where their dense operand is, row-major elsewhere.
+bool result_feature_major(const at::Tensor& operand, int64_t n);
+// An uninitialised (batch, n) result in operand's layout, and the row-major result y in operand's layout (y itself,
+// or a transposed copy).
+at::Tensor empty_activation(const at::Tensor& operand, int64_t n);
+at::Tensor in_layout_of(const at::Tensor& y, const at::Tensor& operand);
+// What a kernel writing either layout takes: y^T's row length where y is feature-major, 0 where it is row-major.
+inline int64_t result_ld(const at::Tensor& y) {
+  return y.size(0) > 1 && y.size(1) > 1 && y.stride(0) == 1 ? y.stride(1) : 0;
+}
+
 // y (batch, n_out) = x (batch, n_cols) @ A^T for the CSR matrix A = (ptr, idx, vals[perm]) of n_out rows
 // (perm undefined: vals in index order). spmm calls it with W's CSR, spmm_t with W's CSC index and perm.
 at::Tensor csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,

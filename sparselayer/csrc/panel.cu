@@ -199,6 +199,20 @@ at::Tensor feature_major(const at::Tensor& m, bool enabled) {
                                           : copy_feature_major<float, float>(m, at::kFloat);
 }
 
+bool result_feature_major(const at::Tensor& operand, int64_t n) {
+  return operand.size(0) > 1 && operand.size(1) > 1 && operand.stride(0) == 1 && n > 1;
+}
+
+at::Tensor empty_activation(const at::Tensor& operand, int64_t n) {
+  const int64_t batch = operand.size(0);
+  return result_feature_major(operand, n) ? at::empty({n, batch}, operand.options()).t()
+                                          : at::empty({batch, n}, operand.options());
+}
+
+at::Tensor in_layout_of(const at::Tensor& y, const at::Tensor& operand) {
+  return result_feature_major(operand, y.size(1)) ? empty_activation(operand, y.size(1)).copy_(y) : y;
+}
+
 at::Tensor feature_major_bf16(const at::Tensor& m) {
   if (is_feature_major(m, at::kBFloat16)) return m.t();
   return copy_feature_major<bf16, bf16>(m, at::kBFloat16);

@@ -178,13 +178,38 @@ __device__ __forceinline__ void store_rows32(uint32_t rows, Out* __restrict__ y,
   }
 }
 
+// store_rows32 for a feature-major y (the transposed view of y^T, rows of ld values): row o + i of y^T is row i of
+// the sums, so nothing is transposed. Lane l copies chunk l % 8 of rows 4 k + l / 8: 4 whole rows per instruction,
+// 16-byte (fp32) or 8-byte (bf16) stores along them. vec: y^T's rows are 16-byte aligned (ld % 4 == 0).
+template <int H, typename Out>
+__device__ __forceinline__ void store_rows32_feature_major(uint32_t rows, Out* __restrict__ yt, int64_t ld, int o,
+                                                           int b0, int batch, int n_rows, bool vec) {
+  constexpr int kRowBytes = 128 * H;
+  const int lane = threadIdx.x & 31, q = lane & 7;
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    const int b = b0 + 32 * h + 4 * (q ^ (H == 2 ? h : 0));  // the batch values of chunk q of half h
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int i = 4 * k + (lane >> 3);
+      const float4 w = lds16f(rows + i * kRowBytes + 128 * h + 16 * q);
+      if (o + i < n_rows && b < batch) store4(yt + (o + i) * ld + b, w, batch - b, vec);
+    }
+  }
+}
+
 // The whole block's sums (R rows from the shared address acc, H * 32 floats a row) to y[b0 ..][o0 ..]: warp w of the
 // T threads writes rows 32 t .. 32 t + 31 for t = w, w + T / 32, .. (store_rows32), after the caller's last barrier.
+// ld > 0: y is feature-major, y^T in rows of ld values (store_rows32_feature_major); 0: y is row-major.
 template <int H, int T, typename Out>
-__device__ __forceinline__ void store_sums(uint32_t acc, int R, Out* __restrict__ y, int o0, int b0, int batch,
-                                           int n_rows) {
-  for (int t = threadIdx.x >> 5; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32)
-    store_rows32<H>(acc + t * 32 * (128 * H), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
+__device__ __forceinline__ void store_sums(uint32_t acc, int R, Out* __restrict__ y, int64_t ld, int o0, int b0,
+                                           int batch, int n_rows) {
+  for (int t = threadIdx.x >> 5; t < R / 32 && o0 + 32 * t < n_rows; t += T / 32) {
+    if (ld > 0)
+      store_rows32_feature_major<H>(acc + t * 32 * (128 * H), y, ld, o0 + 32 * t, b0, batch, n_rows, ld % 4 == 0);
+    else
+      store_rows32<H>(acc + t * 32 * (128 * H), y, o0 + 32 * t, b0, batch, n_rows, n_rows % 4 == 0);
+  }
 }
 
 

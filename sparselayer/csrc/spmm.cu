@@ -170,10 +170,11 @@ __device__ __forceinline__ void multiply_panel(float4 (&acc)[J][NB], const int2*
   }
 }
 
-// y[b0 + h * 32 + i, o0 + j * G + g] = acc[j][h] component i (b0: this lane's first batch row), within bounds.
+// y[b0 + h * 32 + i, o0 + j * G + g] = acc[j][h] component i (b0: this lane's first batch row), within bounds. ldy > 0:
+// y is feature-major (y^T in rows of ldy values; the lane's 4 values are consecutive there), 0: row-major.
 template <int J, int NB, int G, typename Out>
-__device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __restrict__ y, int o0, int g, int b0,
-                                           int batch, int n_rows) {
+__device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __restrict__ y, int64_t ldy, int o0, int g,
+                                           int b0, int batch, int n_rows) {
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int o = o0 + j * G + g;
@@ -181,11 +182,12 @@ __device__ __forceinline__ void store_rows(const float4 (&acc)[J][NB], Out* __re
 #pragma unroll
     for (int h = 0; h < NB; ++h) {
       const int b = b0 + h * kBt;
-      Out* out = y + static_cast<int64_t>(b) * n_rows + o;
+      const int64_t step = ldy > 0 ? 1 : n_rows;
+      Out* out = ldy > 0 ? y + o * ldy + b : y + static_cast<int64_t>(b) * n_rows + o;
       if (b < batch) store_as(out, acc[j][h].x);
-      if (b + 1 < batch) store_as(out + n_rows, acc[j][h].y);
-      if (b + 2 < batch) store_as(out + 2 * static_cast<int64_t>(n_rows), acc[j][h].z);
-      if (b + 3 < batch) store_as(out + 3 * static_cast<int64_t>(n_rows), acc[j][h].w);
+      if (b + 1 < batch) store_as(out + step, acc[j][h].y);
+      if (b + 2 < batch) store_as(out + 2 * step, acc[j][h].z);
+      if (b + 3 < batch) store_as(out + 3 * step, acc[j][h].w);
     }
   }
 }
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(T, (min_blocks<J, NB, T>()))
 spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ vals,
                   const In* __restrict__ x, int64_t sxb, int64_t sxc, bool vec, const float* __restrict__ xt,
                   int64_t ldt, int batch, int n_cols, int n_rows, int n_panels, int P,
-                  int cap, bool packed_vals, In* __restrict__ y) {
+                  int cap, bool packed_vals, In* __restrict__ y, int64_t ldy) {
   constexpr int G = T / kLanes;  // row groups per block
   constexpr int R = G * J;              // rows per block
   extern __shared__ float4 smem4[];
@@ -260,7 +262,7 @@ spmm_panel_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed
     __syncthreads();
   }
 
-  store_rows<J, NB, G>(acc, y, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
+  store_rows<J, NB, G>(acc, y, ldy, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
 }
 
 // Floats per stage of the double-buffered kernel: NB x tiles, cap staged entries (2 words each), R + 1 raw
@@ -284,7 +286,7 @@ template <int J, int NB>
 __global__ void __launch_bounds__(kThreads, 2)
 spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ packed, const float* __restrict__ pvals,
                      const float* __restrict__ x, int64_t sxb, int64_t sxc, int batch, int n_cols, int n_rows,
-                     int n_panels, int log2P, int cap, float* __restrict__ y) {
+                     int n_panels, int log2P, int cap, float* __restrict__ y, int64_t ldy) {
   constexpr int G = kThreads / kLanes;  // row groups per block
   constexpr int R = G * J;              // rows per block
   extern __shared__ float4 smem4[];
@@ -351,20 +353,21 @@ spmm_panel_db_kernel(const int32_t* __restrict__ q, const int2* __restrict__ pac
     __syncthreads();  // stage p & 1 is refilled with panel p + 2 next
   }
 
-  store_rows<J, NB, G>(acc, y, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
+  store_rows<J, NB, G>(acc, y, ldy, blockIdx.x * R, g, b0 + 4 * l, batch, n_rows);
 }
 
 template <typename scalar_t>
 __global__ void spmm_simple_kernel(const int64_t* __restrict__ ptr, const int64_t* __restrict__ idx,
                                    const scalar_t* __restrict__ val, const scalar_t* __restrict__ x, int64_t sxb,
-                                   int64_t sxc, int64_t batch, int64_t n_rows, scalar_t* __restrict__ y) {
+                                   int64_t sxc, int64_t batch, int64_t n_rows, scalar_t* __restrict__ y, int64_t syb,
+                                   int64_t syo) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (o >= n_rows) return;
   const int64_t s = ptr[o], e = ptr[o + 1];
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     scalar_t acc = 0;
     for (int64_t k = s; k < e; ++k) acc += val[k] * x[b * sxb + idx[k] * sxc];
-    y[b * n_rows + o] = acc;
+    y[b * syb + o * syo] = acc;
   }
 }
 
@@ -400,7 +403,8 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
       while ((1 << log2P) < c.P) ++log2P;
       spmm_panel_db_kernel<J, NB><<<grid, kThreads, c.smem, stream>>>(
           q.data_ptr<int32_t>(), pk, pvals.data_ptr<float>(), xp, x.stride(0), x.stride(1),
-          static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap, yp);
+          static_cast<int>(batch), static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, log2P, c.cap, yp,
+          result_ld(y));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -414,14 +418,16 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
       spmm_panel_kernel<J / 2, NB, 2 * kThreads, In><<<grid, 2 * kThreads, c.smem, stream>>>(
           q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
           xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
-          static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
+          static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp,
+          result_ld(y));
     }
   } else {
     allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads, In>), x.get_device());
     spmm_panel_kernel<J, NB, kThreads, In><<<grid, kThreads, c.smem, stream>>>(
         q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
         xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
-        static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp);
+        static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp,
+          result_ld(y));
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -572,20 +578,21 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
               " (bfloat16 activations need float32 values)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = x.size(0), n_cols = x.size(1);
-  auto y = at::empty({batch, n_out}, x.options());
-  if (batch == 0 || n_out == 0) return y;
-  if (idx_in.numel() == 0 || n_cols == 0) return y.zero_();
+  if (batch == 0 || n_out == 0) return empty_activation(x, n_out);
+  if (idx_in.numel() == 0 || n_cols == 0) return empty_activation(x, n_out).zero_();
   TORCH_CHECK(batch < (int64_t{1} << 31) && n_out < (int64_t{1} << 31) && n_cols < (int64_t{1} << 31),
               "sparselayer: dimensions must be below 2^31");
   const int device = x.get_device();
 
+  // Every kernel writes y in either layout (the op contract's Layouts: x's).
   if (x.scalar_type() == at::kDouble) {
+    auto y = empty_activation(x, n_out);
     const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
     const auto vals = perm_in.defined() ? vals_in.index_select(0, perm_in) : vals_in.contiguous();
     const dim3 grid(static_cast<unsigned>((n_out + 127) / 128), static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
     spmm_simple_kernel<double><<<grid, 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
         ptr.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), vals.data_ptr<double>(), x.data_ptr<double>(), x.stride(0),
-        x.stride(1), batch, n_out, y.data_ptr<double>());
+        x.stride(1), batch, n_out, y.data_ptr<double>(), y.stride(0), y.stride(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return y;
   }
@@ -605,6 +612,7 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
                               long_rows(nnz, n_out, batch);
   if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", sorted_default, batch))
     return sorted_csr_times_dense(ptr_in, idx_in, vals, perm_in, x, n_out);
+  auto y = empty_activation(x, n_out);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);
   const at::Tensor& q = layout[0];

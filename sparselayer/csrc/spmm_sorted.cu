@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kSortedThreads, 1)
 spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                    const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                    const float* __restrict__ pv, const float* __restrict__ xt, int64_t ldt, int batch, int n_cols,
-                   int n_rows, int n_panels, int P, int R, bool staged, Out* __restrict__ y) {
+                   int n_rows, int n_panels, int P, int R, bool staged, Out* __restrict__ y, int64_t ldy) {
   constexpr int T = kSortedThreads;
   extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
   float* acc = reinterpret_cast<float*>(smem4);  // [R][32]
@@ -223,7 +223,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
     }
   }
   __syncthreads();
-  store_sums<1, T>(acc_base, R, y, o0, b0, batch, n_rows);
+  store_sums<1, T>(acc_base, R, y, ldy, o0, b0, batch, n_rows);
 }
 
 template <typename Out>
@@ -237,7 +237,7 @@ void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout,
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
       xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
-      env_int("SPARSELAYER_SORTED_DESC") != 2, reinterpret_cast<Out*>(y.data_ptr()));
+      env_int("SPARSELAYER_SORTED_DESC") != 2, reinterpret_cast<Out*>(y.data_ptr()), result_ld(y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -347,7 +347,8 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   // override) widens x to fp32 tiles for this kernel instead.
   if (x.scalar_type() == at::kBFloat16 && env_int("SPARSELAYER_SORTED_BF16") != 2)
     return sorted_csr_times_dense_bf16(ptr, idx, vals, perm, x, n_out);
-  if (window_kernel_applies(x, x.size(1))) return window_csr_times_dense(ptr, idx, vals, perm, x, n_out);
+  if (window_kernel_applies(x, x.size(1)))
+    return in_layout_of(window_csr_times_dense(ptr, idx, vals, perm, x, n_out), x);
   const int64_t batch = x.size(0), n_cols = x.size(1);
   // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
   const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);
@@ -355,7 +356,7 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   const auto pv = slot_values(layout[4], vals);
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
   const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
-  auto y = at::empty({batch, n_out}, x.options());
+  auto y = empty_activation(x, n_out);
   if (x.scalar_type() == at::kBFloat16) launch_sorted<bf16>(c, layout, pv, xt, batch, n_cols, n_out, y);
   else launch_sorted<float>(c, layout, pv, xt, batch, n_cols, n_out, y);
   return y;

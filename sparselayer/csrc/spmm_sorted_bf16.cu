@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(T, 1)
 spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                         const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                         const float* __restrict__ pv, const bf16* __restrict__ xt, int64_t ldt, int batch,
-                        int n_cols, int n_rows, int n_panels, int P, int R, bf16* __restrict__ y) {
+                        int n_cols, int n_rows, int n_panels, int P, int R, bf16* __restrict__ y, int64_t ldy) {
   extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
   float* acc = reinterpret_cast<float*>(smem4);                      // [R][64]
   bf16* xbuf = reinterpret_cast<bf16*>(acc + R * kBt16);            // 2 x [P][64]
@@ -133,7 +133,7 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
     }
   }
   __syncthreads();
-  store_sums<2, T>(acc_base, R, y, o0, b0, batch, n_rows);
+  store_sums<2, T>(acc_base, R, y, ldy, o0, b0, batch, n_rows);
 }
 
 }  // namespace
@@ -151,7 +151,7 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   // copies the gradient again; the bf16 layer step still gains (16384^2 b1024 99%: 2.84-2.90 vs 2.97 ms,
   // benchmarks/results/history/tune-v14-bf16-tiles.log).
   const at::Tensor xt = feature_major_bf16(x);
-  auto y = at::empty({batch, n_out}, x.options());
+  auto y = empty_activation(x, n_out);
   // 20 warps (92 registers) where a row's segment of a panel is a few entries (under 5% density): more warps to hide
   // the latency of each unit's first loads. Measured on an H100 (benchmarks/kernels-notes.md, v15): 16384^2 b1024
   // 0.85 vs 0.87 ms at 99%, 1.39 vs 1.41 at 97%; 4096^2 b4096 0.36 vs 0.38 at 99%; but 3.42 vs 3.30 at 90% (16 warps
@@ -168,7 +168,8 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(),
       reinterpret_cast<const bf16*>(xt.const_data_ptr()), xt.stride(0), static_cast<int>(batch),
-      static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R, reinterpret_cast<bf16*>(y.data_ptr()));
+      static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R, reinterpret_cast<bf16*>(y.data_ptr()),
+      result_ld(y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }

@@ -14,7 +14,7 @@ from sparselayer.csr import transpose_index
 
 from csr_cases import dense_of
 from test_cuda_kernels import (KERNEL_VARIANTS, LAYOUTS, SHAPE_IDS, SHAPES, _case, _check, _dense, _force, _poison,
-                               _seed, assert_deterministic)
+                               _seed, assert_deterministic, assert_layout)
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
@@ -56,12 +56,14 @@ def _all_three(shape, layout, what):
     m, x, grad_y, w = _bf16_case(shape, layout, seed)
     _poison(batch * n_out, BF16)
     y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, n_out)
-    assert y.shape == (batch, n_out) and y.is_contiguous()
+    assert y.shape == (batch, n_out)
+    assert_layout(y, x)
     _check_bf16(y, x.double().cpu() @ w.T, seed, f"spmm {what}")
     ccol, row, perm = transpose_index(m["crow"], m["col"], n_in)
     _poison(batch * n_in, BF16)
     gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, n_in)
-    assert gx.shape == (batch, n_in) and gx.is_contiguous()
+    assert gx.shape == (batch, n_in)
+    assert_layout(gx, grad_y)
     _check_bf16(gx, grad_y.double().cpu() @ w, seed, f"spmm_t {what}")
     rows = torch.repeat_interleave(torch.arange(n_out), m["crow"].cpu().diff())
     ref = (grad_y.double().cpu().T @ x.double().cpu())[rows, m["col"].cpu()]
@@ -78,11 +80,13 @@ def test_bf16_activations(shape, layout):
 
 
 @pytest.mark.parametrize("variant", list(KERNEL_VARIANTS))
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_bf16_kernel_variants(shape, variant, monkeypatch):
-    """bf16 runs the single-buffered kernel whatever is forced (the double-buffered one is fp32 only)."""
+def test_bf16_kernel_variants(shape, layout, variant, monkeypatch):
+    """bf16 runs the single-buffered kernel whatever is forced (the double-buffered one is fp32 only); transposed
+    operands take feature-major results, which every kernel writes itself."""
     _force(monkeypatch, variant)
-    _all_three(shape, "contiguous", variant)
+    _all_three(shape, layout, f"{variant} {layout}")
 
 
 @pytest.mark.parametrize("fm", ["1", "2"], ids=["feature-major-staging", "row-major-staging"])

@@ -69,6 +69,16 @@ def _poison(numel: int, dtype: torch.dtype, copies: int = 4) -> None:
     del probe
 
 
+def assert_layout(out, operand):
+    """spmm's and spmm_t's result takes its dense operand's layout (sparselayer/_library.py, Layouts): feature-major
+    (strides (1, batch)) for a feature-major operand with more than one row and column, row-major otherwise."""
+    batch, n = out.shape
+    if operand.stride(0) == 1 and batch > 1 and operand.shape[1] > 1 and n > 1:
+        assert out.stride() == (1, batch), f"feature-major operand, result strides {out.stride()}"
+    else:
+        assert out.is_contiguous(), f"row-major operand {operand.stride()}, result strides {out.stride()}"
+
+
 def _check(out, ref, dtype, seed, what):
     assert not out.isnan().any(), f"{what}: unwritten (NaN) elements, seed {seed}"
     ref = ref.to(out.device)
@@ -97,7 +107,8 @@ def test_spmm(dtype, shape, layout):
     m, x, _, w64 = _case(shape, dtype, layout, seed)
     _poison(shape[4] * shape[0], dtype)
     y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
-    assert y.shape == (shape[4], shape[0]) and y.is_contiguous() and y.dtype == dtype
+    assert y.shape == (shape[4], shape[0]) and y.dtype == dtype
+    assert_layout(y, x)
     _check(y, x.double().cpu() @ w64.T, dtype, seed, "spmm")
 
 
@@ -110,7 +121,8 @@ def test_spmm_t(dtype, shape, layout):
     ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
     _poison(shape[4] * shape[1], dtype)
     gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
-    assert gx.shape == (shape[4], shape[1]) and gx.is_contiguous() and gx.dtype == dtype
+    assert gx.shape == (shape[4], shape[1]) and gx.dtype == dtype
+    assert_layout(gx, grad_y)
     _check(gx, grad_y.double().cpu() @ w64, dtype, seed, "spmm_t")
 
 
@@ -331,10 +343,12 @@ def test_spmm_kernel_variants(shape, layout, variant, monkeypatch):
     m, x, grad_y, w64 = _case(shape, torch.float32, layout, seed)
     _poison(shape[4] * shape[0], torch.float32)
     y = torch.ops.sparselayer.spmm(m["crow"], m["col"], m["values"], x, shape[0])
+    assert_layout(y, x)
     _check(y, x.double().cpu() @ w64.T, torch.float32, seed, f"spmm ({variant})")
     ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
     _poison(shape[4] * shape[1], torch.float32)
     gx = torch.ops.sparselayer.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1])
+    assert_layout(gx, grad_y)
     _check(gx, grad_y.double().cpu() @ w64, torch.float32, seed, f"spmm_t ({variant})")
 
 
