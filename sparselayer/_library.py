@@ -54,10 +54,15 @@ def is_feature_major(t: torch.Tensor) -> bool:
     return t.shape[0] > 1 and t.shape[1] > 1 and t.stride(0) == 1
 
 
+def result_feature_major(like: torch.Tensor, n: int) -> bool:
+    """Whether spmm / spmm_t's (batch, n) result for the operand `like` is feature-major (see Layouts above)."""
+    return is_feature_major(like) and n > 1
+
+
 def empty_activation(like: torch.Tensor, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An uninitialised (batch, n) result in the layout of the operand `like` (batch, ...): see Layouts above."""
     batch = like.shape[0]
-    if is_feature_major(like) and n > 1:
+    if result_feature_major(like, n):
         return like.new_empty((n, batch), dtype=dtype).t()
     return like.new_empty((batch, n), dtype=dtype)
 

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from .._library import empty_activation
+from .._library import empty_activation, result_feature_major
 
 
 def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -21,10 +21,9 @@ def activation_result(product_t: torch.Tensor, like: torch.Tensor) -> torch.Tens
     """The product W @ operand^T, (n, batch), as the (batch, n) result in `like`'s dtype and layout (the op
     contract's Layouts, `_library.py`): a feature-major result is the product's transpose itself (no copy when the
     dtype matches), a row-major one takes one copy that also rounds to the dtype."""
-    out = empty_activation(like, product_t.shape[0], like.dtype)
-    if out.stride(0) == 1 and out.shape[1] > 1:  # feature-major: the product's own layout
+    if result_feature_major(like, product_t.shape[0]):  # the product's own layout
         return product_t.to(like.dtype).contiguous().t()
-    return out.copy_(product_t.t())
+    return empty_activation(like, product_t.shape[0], like.dtype).copy_(product_t.t())
 
 
 def without_autocast(kernel):

@@ -81,3 +81,29 @@ def opcheck_every_op(crow, col, ccol, row, perm, values, x, grad_y):
     for op, args in calls:
         results = torch.library.opcheck(op, args)
         assert all(v == "SUCCESS" for v in results.values()), (op, results)
+
+
+def assert_layout(out, operand):
+    """spmm's and spmm_t's result takes its dense operand's layout (sparselayer/_library.py, Layouts): feature-major
+    (strides (1, batch)) for a feature-major operand with more than one row and column, row-major otherwise."""
+    batch, n = out.shape
+    if operand.stride(0) == 1 and batch > 1 and operand.shape[1] > 1 and n > 1:
+        assert out.stride() == (1, batch), f"feature-major operand, result strides {out.stride()}"
+    else:
+        assert out.is_contiguous(), f"row-major operand {operand.stride()}, result strides {out.stride()}"
+
+
+def assert_compiled_matches_eager(model, x):
+    """torch.compile(model, fullgraph=True) gives the eager result and, through a square loss, the same gradients."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    expected = model(x)
+    y = compiled(x)
+    torch.testing.assert_close(y, expected)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected.square().sum().backward()
+    for got, want in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want)
+    return y

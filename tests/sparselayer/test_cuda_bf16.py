@@ -12,9 +12,9 @@ import torch
 from sparselayer import _cuda
 from sparselayer.csr import transpose_index
 
-from csr_cases import dense_of
+from csr_cases import assert_layout, dense_of
 from test_cuda_kernels import (KERNEL_VARIANTS, LAYOUTS, SHAPE_IDS, SHAPES, _case, _check, _dense, _force, _poison,
-                               _seed, assert_deterministic, assert_layout)
+                               _seed, assert_deterministic)
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16

@@ -16,7 +16,7 @@ import sparselayer
 from sparselayer import _cuda, ops
 from sparselayer.csr import transpose_index
 
-from csr_cases import dense_of, random_csr
+from csr_cases import assert_layout, dense_of, random_csr
 
 pytestmark = pytest.mark.gpu
 
@@ -67,16 +67,6 @@ def _poison(numel: int, dtype: torch.dtype, copies: int = 4) -> None:
     probe = torch.empty(max(numel, 1), dtype=dtype, device="cuda")
     assert probe.isnan().all(), "poisoning did not reach the allocator's free blocks"
     del probe
-
-
-def assert_layout(out, operand):
-    """spmm's and spmm_t's result takes its dense operand's layout (sparselayer/_library.py, Layouts): feature-major
-    (strides (1, batch)) for a feature-major operand with more than one row and column, row-major otherwise."""
-    batch, n = out.shape
-    if operand.stride(0) == 1 and batch > 1 and operand.shape[1] > 1 and n > 1:
-        assert out.stride() == (1, batch), f"feature-major operand, result strides {out.stride()}"
-    else:
-        assert out.is_contiguous(), f"row-major operand {operand.stride()}, result strides {out.stride()}"
 
 
 def _check(out, ref, dtype, seed, what):
