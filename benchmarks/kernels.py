@@ -160,6 +160,7 @@ def run_case(n_in: int, n_out: int, batch: int, sparsity: float, ceil: dict, g: 
     r.update(bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out))
     if n_in * n_out >= 4096 * 4096:
         r.update(feature_major_activations(crow, col, ccol, row, perm, values, x, dy, n_out))
+        r.update(host_dispatch(crow, col, ccol, row, perm, values, x, dy, n_out))
     if n_in * n_out <= 1024 * 1024:  # small shapes: where does the time go?
         r.update(overhead(crow, col, values, x, n_out))
 
@@ -251,6 +252,45 @@ def feature_major_activations(crow, col, ccol, row, perm, values, x, dy, n_out) 
         "fm_bf16_step_ms": bench(layer_step(crow, col, ccol, row, perm, values, xbf, dybf, n_out)),
         "err_fm_fwd": rel_err(ops.spmm(crow, col, values, xf, n_out), ops.spmm(crow, col, values, x, n_out)),
     }
+
+
+def host_dispatch(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
+    """The layer step on feature-major activations with its products dispatched below autograd where no graph is
+    recorded (ops._call, v19) against the same products through the Python autograd kernel that register_autograd
+    installs (what every call paid before v19), interleaved in two rounds; and the host time of one forward call
+    (CPU microseconds per call, launches queued without synchronising) each way."""
+    from sparselayer import ops as ops_module
+
+    xf, dyf = x.t().contiguous().t(), dy.t().contiguous().t()
+    step = layer_step(crow, col, ccol, row, perm, values, xf, dyf, n_out)
+
+    def fwd():
+        ops.spmm(crow, col, values, xf, n_out)
+
+    def host_us(fn, calls: int = 100) -> float:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        us = (time.perf_counter() - t0) / calls * 1e6
+        torch.cuda.synchronize()
+        return us
+
+    below = ops_module._call
+    ways = {"below": below, "autograd_kernel": lambda op, *args: op(*args)}
+    out: dict = {}
+    try:
+        for _ in range(2):
+            for way, call in ways.items():
+                ops_module._call = call
+                out.setdefault(f"host_step_{way}_ms", []).append(bench(step))
+                out.setdefault(f"host_fwd_{way}_us", []).append(host_us(fwd))
+    finally:
+        ops_module._call = below
+    out = {k: min(v) for k, v in out.items()}
+    out["host_step_kernels_ms"] = kernel_ms(step)  # the GPU's own time in the step: the rest is host time
+    return out
 
 
 def bf16_mode(crow, col, ccol, row, perm, values, x, dy, n_out) -> dict:
@@ -415,6 +455,18 @@ def table(res: dict) -> str:
                 f"row-major {r['ours_fwd_ms']:.3f} / {r['ours_spmm_t_ms']:.3f} / {r['ours_sddmm_ms']:.3f} / "
                 f"{r['ours_step_ms']:.3f}); bf16 {r['fm_bf16_fwd_ms']:.3f} / {r['fm_bf16_step_ms']:.3f} vs dense bf16 "
                 f"{r['dense_bf16_fwd_ms']:.3f} / {r['dense_bf16_step_ms']:.3f}; err vs row-major {r['err_fm_fwd']:.1e}")
+    hd = [r for r in res["cases"] if "host_step_below_ms" in r]
+    if hd:
+        lines += ["", "Host dispatch (feature-major activations): the layer step with the products called below "
+                  "autograd where no graph is recorded (ops._call) vs through the Python autograd kernel of "
+                  "torch.library.register_autograd (before v19), ms, best of two interleaved rounds, and the step's "
+                  "kernels alone (GPU time under torch.profiler: the difference is time the GPU waits for the host); "
+                  "host time of one forward call each way, microseconds of CPU", ""]
+        for r in hd:
+            lines.append(f"- {r['n_in']}x{r['n_out']} b{r['batch']} {r['sparsity']:.2f}: step "
+                         f"{r['host_step_below_ms']:.3f} vs {r['host_step_autograd_kernel_ms']:.3f} ms (its kernels "
+                         f"{r.get('host_step_kernels_ms', float('nan')):.3f} ms); forward host "
+                         f"{r['host_fwd_below_us']:.0f} vs {r['host_fwd_autograd_kernel_us']:.0f} us")
     lines += ["", "Per-topology layout cache: fwd and step with the cache vs rebuilt every call "
               "(SPARSELAYER_NO_CACHE=1, what the first call after a topology change pays), ms", ""]
     for r in res["cases"]:

@@ -21,6 +21,7 @@ SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel its 512-thread shape takes, 
 row-sorted spmm reads each chunk's descriptor from global memory instead of a panel's from shared memory),
 SPARSELAYER_SORTED_BF16=2 (the row-sorted spmm widens bf16 x to its fp32 tiles instead of bf16 tiles of 64),
 SPARSELAYER_SORTED_BF16_T (512 or 640: threads of the bf16-tile kernel; by default 640 below 5% density),
+SPARSELAYER_SORTED_T (512 or 640: threads of the fp32 row-sorted spmm kernel; by default 640 below 5% density),
 SPARSELAYER_SPMM_WINDOW=1 (the window kernel, fp32 on Hopper, opt-in; with SPARSELAYER_WINDOW_K its ring's panels,
 SPARSELAYER_WINDOW_P their widest, SPARSELAYER_WINDOW_GRID its blocks). "step" is the layer step of benchmarks/kernels.py (ops.linear forward and
 backward).

@@ -35,6 +35,26 @@ def _ensure_backend(a: torch.Tensor, b: torch.Tensor) -> None:
         _cuda.ensure_loaded()
 
 
+def _call(op: torch._ops.OpOverload, *args):
+    """op(*args), dispatched past its autograd kernel where there is no graph to record.
+
+    The autograd kernel that `torch.library.register_autograd` installs is Python: even with nothing to record it
+    re-dispatches in Python, about 60 us of host time per call on the lent H100's host, three times per layer step,
+    while the GPU waits for the host at a step's start and between its forward and backward
+    (benchmarks/kernels-notes.md, v19).
+    With grad mode off (an autograd.Function's forward, a backward without create_graph) or no input requiring grad,
+    the call goes straight to the device kernel, as that autograd kernel itself would. While torch.compile traces
+    or a functorch transform is active, the call keeps the normal path (those transforms live at the keys skipped)."""
+    if (
+        (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _check_dense(name: str, t: torch.Tensor, width: int | None, what: str) -> None:
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, {what}), got shape {tuple(t.shape)}")
@@ -95,7 +115,7 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.T
     if crow.shape[0] != n_out + 1:
         raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
     _ensure_backend(values, x)
-    return torch.ops.sparselayer.spmm.default(crow, col, values, x, n_out)
+    return _call(torch.ops.sparselayer.spmm.default, crow, col, values, x, n_out)
 
 
 def spmm_t(
@@ -110,7 +130,7 @@ def spmm_t(
     if ccol.shape[0] != n_in + 1:
         raise ValueError(f"ccol has {ccol.shape[0]} entries but n_in = {n_in} needs {n_in + 1}")
     _ensure_backend(values, grad_y)
-    return torch.ops.sparselayer.spmm_t.default(ccol, row, perm, values, grad_y, n_in)
+    return _call(torch.ops.sparselayer.spmm_t.default, ccol, row, perm, values, grad_y, n_in)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +145,7 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.
     if grad_y.shape[0] != x.shape[0]:
         raise ValueError(f"grad_y has batch {grad_y.shape[0]} but x has batch {x.shape[0]}")
     _ensure_backend(grad_y, x)
-    return torch.ops.sparselayer.sddmm.default(crow, col, grad_y, x)
+    return _call(torch.ops.sparselayer.sddmm.default, crow, col, grad_y, x)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -248,8 +268,8 @@ torch.library.register_autograd("sparselayer::sddmm", _sddmm_backward, setup_con
 class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, ccol, row, perm, values, bias, x, n_out):
-        ctx.save_for_backward(crow, col, ccol, row, perm, values, x)
-        y = torch.ops.sparselayer.spmm.default(crow, col, values, x, n_out)  # (batch, n_out), fresh
+        y = _call(torch.ops.sparselayer.spmm.default, crow, col, values, x, n_out)  # (batch, n_out), fresh
+        ctx.save_for_backward(crow, col, ccol, row, perm, values, x)  # after the launch: host work the GPU overlaps
         # In bf16-activation mode y is bf16 and the bias fp32: the in-place add computes each bf16 y + fp32
         # bias in fp32 and rounds it once into y, so the bias is never rounded on its own (y.add_(bias.bfloat16())
         # would be). On CUDA the cast happens inside the add kernel, with no full-size fp32 temporary (the CPU
@@ -271,9 +291,10 @@ class _SparseLinearFunction(torch.autograd.Function):
         grad = _in_layout_of(grad, x)
         grad_values = grad_bias = grad_x = None
         if ctx.needs_input_grad[7]:
-            grad_x = torch.ops.sparselayer.spmm_t.default(ccol, row, perm, values, grad, x.shape[1])  # (batch, n_in)
+            spmm_t_op = torch.ops.sparselayer.spmm_t.default
+            grad_x = _call(spmm_t_op, ccol, row, perm, values, grad, x.shape[1])  # (batch, n_in)
         if ctx.needs_input_grad[5]:
-            grad_values = torch.ops.sparselayer.sddmm.default(crow, col, grad, x)  # (nnz,)
+            grad_values = _call(torch.ops.sparselayer.sddmm.default, crow, col, grad, x)  # (nnz,)
         if ctx.needs_input_grad[6]:
             # bias has the values' dtype (checked in `linear`); a bf16 grad is summed in that dtype, not in bf16
             grad_bias = grad.sum(0, dtype=values.dtype)  # (n_out,)

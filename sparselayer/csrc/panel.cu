@@ -2,6 +2,7 @@
 #include "common.cuh"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 
 #include <cstdlib>
 #include <limits>
@@ -205,7 +206,8 @@ bool result_feature_major(const at::Tensor& operand, int64_t n) {
 
 at::Tensor empty_activation(const at::Tensor& operand, int64_t n) {
   const int64_t batch = operand.size(0);
-  return result_feature_major(operand, n) ? at::empty({n, batch}, operand.options()).t()
+  // One allocation call either way (a transposed view would be a second dispatcher call: host time per op).
+  return result_feature_major(operand, n) ? at::empty_strided({batch, n}, {1, batch}, operand.options())
                                           : at::empty({batch, n}, operand.options());
 }
 

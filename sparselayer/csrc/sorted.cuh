@@ -10,7 +10,8 @@
 
 namespace sparselayer {
 
-constexpr int kSortedThreads = 512;  // threads of the row-sorted spmm kernel (sddmm_sorted.cu picks 256 or 512)
+constexpr int kSortedThreads = 512;  // threads of the row-sorted spmm kernels (sddmm_sorted.cu picks 256 or 512)
+constexpr int kSortedThreadsSparse = 640;  // ... below 5% density (sorted_threads)
 constexpr int kMaxSortedR = 1024;    // rows per block (the pack keeps 4 per thread; 32 chunks for 16 warps)
 constexpr int kMaxSortedP = 1024;    // columns per panel (segment lengths up to P)
 constexpr int kChunk = 32;           // rows per chunk: one per lane
@@ -19,6 +20,17 @@ struct SortedConfig {
   int R, P;  // rows per block, columns per panel
   int smem;  // dynamic shared memory of the row-sorted spmm kernel (bytes)
 };
+
+// Threads of a row-sorted spmm kernel for nnz nonzeros in (n_out, n_cols): 20 warps below 5% density, where a row's
+// segment of a panel is a few entries and more warps hide each chunk's first loads (measured on an H100 for the bf16
+// kernel in v15 and the fp32 one in v19, benchmarks/kernels-notes.md), else 16. The environment variable `override`
+// (512 or 640) forces one.
+inline int sorted_threads(int64_t nnz, int64_t n_out, int64_t n_cols, const char* override) {
+  const int env = env_int(override);
+  if (env == kSortedThreads || env == kSortedThreadsSparse) return env;
+  const bool sparse = static_cast<double>(nnz) < 0.05 * static_cast<double>(n_out) * static_cast<double>(n_cols);
+  return sparse ? kSortedThreadsSparse : kSortedThreads;
+}
 
 // The pack's blocks and panels for (n_out, n_cols) products of this batch on this device (environment overrides:
 // SPARSELAYER_SORTED_R, _P): the widest panels of which two x tiles (128 bytes per column) fit beside R rows of
@@ -110,6 +122,14 @@ __device__ __forceinline__ void sts16f(uint32_t addr, const float4& v) {
 }
 __device__ __forceinline__ void sts4f(uint32_t addr, float v) {
   asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+
+// A lane's 8 float4 sums at the shared address arow (chunk k at arow ^ 16 k), or zeros in the first panel: a row has
+// at most one segment per panel and the prologue zero-fills every row's sums, so the first panel need not read them
+// (1 / n_panels of the sums' loads, 12 panels at 4096 columns).
+__device__ __forceinline__ void load_sums(float4 (&a)[8], uint32_t arow, bool first_panel) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) a[k] = first_panel ? make_float4(0.f, 0.f, 0.f, 0.f) : lds16f(arow ^ (16 * k));
 }
 
 // p[0 .. 3] = v where n > 3 and vec (p 16-byte aligned for float, 8 for bfloat16: one store), else p[u] for u < n.

@@ -10,10 +10,11 @@
 // of a segment and stores them at its end, and an entry costs one column offset and one value (coalesced loads from
 // global memory, prefetched a group ahead) for 32 multiply-adds.
 //
-// Block: R output rows (1024) x one batch tile of 32, T = 512 threads, shared memory = accumulators [R][32] floats,
-// two x tiles [P][32] of 352 columns (column c of the panel at 128 c bytes, 32 batch values in natural order) and two
-// panel descriptors (the pack's items and chunks of the (row block, panel)), the next panel's tile and descriptor
-// copied (16-byte cp.async; x from its feature-major copy) while the current one is multiplied.
+// Block: R output rows (1024) x one batch tile of 32, T = 512 threads (640 below 5% density: sorted_threads), shared
+// memory = accumulators [R][32] floats, two x tiles [P][32] of 352 columns (column c of the panel at 128 c bytes, 32
+// batch values in natural order) and two panel descriptors (the pack's items and chunks of the (row block, panel)),
+// the next panel's tile and descriptor copied (16-byte cp.async; x from its feature-major copy) while the current one
+// is multiplied.
 // Warps take the panel's chunks longest first from a shared counter. Lane l reads the 8 float4 chunks of a column
 // in the order l ^ 0, l ^ 1, .. l ^ 7 (l mod 8), so the 8 lanes of a shared-memory phase hit 8 distinct bank quads
 // (for x and for the accumulators), with no swizzle; its accumulator k holds batch chunk k ^ l. The addresses are
@@ -159,13 +160,12 @@ sorted_fill_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ i
 // A panel's descriptor arrives in shared memory with its x tile (staged: by Nsight Compute, a quarter of the warps'
 // stalls were the two dependent global loads of a chunk's descriptor and then its first entries); staged false reads
 // it from global memory (tuning override SPARSELAYER_SORTED_DESC=2).
-template <typename Out>
-__global__ void __launch_bounds__(kSortedThreads, 1)
+template <typename Out, int T>
+__global__ void __launch_bounds__(T, 1)
 spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                    const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                    const float* __restrict__ pv, const float* __restrict__ xt, int64_t ldt, int batch, int n_cols,
                    int n_rows, int n_panels, int P, int R, bool staged, Out* __restrict__ y, int64_t ldy) {
-  constexpr int T = kSortedThreads;
   extern __shared__ __align__(128) float4 smem4[];  // 128-aligned: chunk addresses are XORed within 128-byte lines
   float* acc = reinterpret_cast<float*>(smem4);  // [R][32]
   float* xbuf = acc + R * kBt;                    // 2 x [P][32]
@@ -208,8 +208,7 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
       // Past the last row (len 0) item is 0: the lane reads row 0's sums and does not write them back.
       const uint32_t arow = acc_base + (item & 0xffff) * (kBt * 4) + 16 * (lane & 7);
       float4 a[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
+      load_sums(a, arow, p == 0);
       // a[k] holds batch chunk k ^ (lane & 7), read at xl + off ^ 16 k for a column at byte off of the tile
       const uint32_t xl = xs + 16 * (lane & 7);
       walk_segment(off + ch.x + lane, pv + ch.x + lane, ch.y, len, [&](int oc, float v) {
@@ -226,14 +225,15 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
   store_sums<1, T>(acc_base, R, y, ldy, o0, b0, batch, n_rows);
 }
 
-template <typename Out>
+template <typename Out, int T>
 void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
                    const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
-  const auto kernel = spmm_sorted_kernel<Out>;
+  const auto kernel = spmm_sorted_kernel<Out, T>;
+  const int threads = T;
   allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
-  kernel<<<grid, kSortedThreads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<grid, threads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
       xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
@@ -357,8 +357,15 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
   const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = empty_activation(x, n_out);
-  if (x.scalar_type() == at::kBFloat16) launch_sorted<bf16>(c, layout, pv, xt, batch, n_cols, n_out, y);
-  else launch_sorted<float>(c, layout, pv, xt, batch, n_cols, n_out, y);
+  // 20 warps where rows are sparse (sorted.cuh, sorted_threads): measured on an H100 (benchmarks/kernels-notes.md,
+  // v19), 16384^2 b1024 99% forward 0.950-0.954 vs 0.973-0.978 ms, spmm_t 0.897-0.900 vs 0.918-0.924, 4096^2 b4096 99%
+  // layer step 0.898-0.902 vs 0.934-0.937; even at 97%, slower at 90% (4096^2 spmm_t 1.18 vs 1.14).
+  if (x.scalar_type() == at::kBFloat16)  // x widened to fp32 tiles (tuning override SPARSELAYER_SORTED_BF16=2)
+    launch_sorted<bf16, kSortedThreads>(c, layout, pv, xt, batch, n_cols, n_out, y);
+  else if (sorted_threads(vals.numel(), n_out, n_cols, "SPARSELAYER_SORTED_T") == kSortedThreadsSparse)
+    launch_sorted<float, kSortedThreadsSparse>(c, layout, pv, xt, batch, n_cols, n_out, y);
+  else
+    launch_sorted<float, kSortedThreads>(c, layout, pv, xt, batch, n_cols, n_out, y);
   return y;
 }
 

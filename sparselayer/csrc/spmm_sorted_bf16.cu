@@ -10,7 +10,8 @@
 // registers, as in the fp32 kernel). A warp takes half a chunk of the pack (16 of its 32 rows) at a time from a shared
 // counter, longest first; an entry costs its lane 4 x 16-byte reads (32 bf16) for 32 multiply-adds.
 //
-// Block: R output rows (512) x one batch tile of 64, T = 512 threads (640 below 5% density), shared memory = accumulators [R][64] floats
+// Block: R output rows (512) x one batch tile of 64, T = 512 threads (640 below 5% density: sorted_threads), shared
+// memory = accumulators [R][64] floats
 // (half h of row i at byte 256 i + 128 h, its float4 quad q at slot q ^ h), two x tiles [P][64] bfloat16 (column c at
 // 128 c bytes, batch values in natural order) of 352 columns and two panel descriptors, the next panel's tile and
 // descriptor copied (cp.async, from a bf16 feature-major copy of x) while the current one is multiplied.
@@ -32,8 +33,6 @@ namespace {
 
 constexpr int kBt16 = 64;         // batch tile: a tile column is 64 bfloat16, 128 bytes
 constexpr int kMaxRows16 = 512;   // rows per block: [512][64] fp32 accumulators are 128 KB
-constexpr int kThreads16 = 512;
-constexpr int kThreadsSparse16 = 640;  // below 5% density
 
 // The tile [P][64] of the bf16 feature-major x^T rows c0 .. c0 + P - 1, batch b0 .. b0 + 63, zero outside x:
 // 8 16-byte cp.async copies per column (copy_tile of sorted.cuh for bf16; kept apart so that the fp32 kernels'
@@ -115,8 +114,7 @@ spmm_sorted_bf16_kernel(const int32_t* __restrict__ items, const int2* __restric
       // Past the last row (len 0) item is 0: the lane reads row 0's sums and does not write them back.
       const uint32_t arow = acc_base + (item & 0xffff) * (kBt16 * 4) + acc_lane;
       float4 a[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) a[k] = lds16f(arow ^ (16 * k));
+      load_sums(a, arow, p == 0);
       // a[2 k], a[2 k + 1] hold the batch values of the x chunk at xl + off ^ 16 k for a column at byte off
       walk_segment(off + first, pv + first, L, len, [&](int oc, float v) {
 #pragma unroll
@@ -156,11 +154,9 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   // the latency of each unit's first loads. Measured on an H100 (benchmarks/kernels-notes.md, v15): 16384^2 b1024
   // 0.85 vs 0.87 ms at 99%, 1.39 vs 1.41 at 97%; 4096^2 b4096 0.36 vs 0.38 at 99%; but 3.42 vs 3.30 at 90% (16 warps
   // stay there). Override: SPARSELAYER_SORTED_BF16_T=512 or 640.
-  const int t_env = env_int("SPARSELAYER_SORTED_BF16_T");
-  const bool sparse = static_cast<double>(idx.numel()) < 0.05 * static_cast<double>(n_out) * static_cast<double>(n_cols);
-  const int threads = t_env == 512 || t_env == 640 ? t_env : sparse ? kThreadsSparse16 : kThreads16;
-  const auto kernel = threads == kThreadsSparse16 ? spmm_sorted_bf16_kernel<kThreadsSparse16>
-                                                  : spmm_sorted_bf16_kernel<kThreads16>;
+  const int threads = sorted_threads(idx.numel(), n_out, n_cols, "SPARSELAYER_SORTED_BF16_T");
+  const auto kernel = threads == kSortedThreadsSparse ? spmm_sorted_bf16_kernel<kSortedThreadsSparse>
+                                                      : spmm_sorted_bf16_kernel<kSortedThreads>;
   allow_smem(reinterpret_cast<const void*>(kernel), device);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt16 - 1) / kBt16));

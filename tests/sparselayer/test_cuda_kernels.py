@@ -312,6 +312,12 @@ KERNEL_VARIANTS = {
     "sorted-rows-global-descriptors": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_DESC": "2"},
     "sorted-rows-small-blocks": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_SMALL_BLOCKS},
     "sorted-rows-1024-rows": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_1024_ROWS},
+    # both thread counts on every shape (the default takes 640 below 5% density)
+    "sorted-rows-512-threads": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SORTED_T": "512"},
+    "sorted-rows-small-blocks-640-threads": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_SMALL_BLOCKS,
+                                             "SPARSELAYER_SORTED_T": "640"},
+    "sorted-rows-1024-rows-640-threads": {"SPARSELAYER_SPMM_SORTED": "1", **_SORTED_1024_ROWS,
+                                          "SPARSELAYER_SORTED_T": "640"},
     # the window kernel (csrc/spmm_window.cu; Hopper and newer, elsewhere the row-sorted kernel runs)
     "window": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SPMM_WINDOW": "1"},
     "window-small-ring": {"SPARSELAYER_SPMM_SORTED": "1", "SPARSELAYER_SPMM_WINDOW": "1", "SPARSELAYER_WINDOW_K": "3",

@@ -1,5 +1,7 @@
 """The sparse products against dense float64 references, gradcheck, opcheck and error handling."""
 
+import sys
+
 import pytest
 import torch
 
@@ -135,3 +137,53 @@ def test_wrappers_reject_bad_input():
 def test_package_exports():
     for name in sparselayer.__all__:
         assert hasattr(sparselayer, name), name
+
+
+class _AutogradKernelCalls:
+    """Counts entries into the Python autograd kernel that torch.library.register_autograd installs, on this thread
+    (a CPU backward runs on it; a CUDA backward on the autograd engine's own thread, not counted here)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __enter__(self):
+        def hook(frame, event, arg):
+            code = frame.f_code
+            if event == "call" and code.co_name == "autograd_impl" and "_library" in code.co_filename:
+                self.calls += 1
+
+        sys.setprofile(hook)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_calls_without_a_graph_skip_the_python_autograd_kernel(device):
+    # ops._call: with nothing to record, the ops go straight to the device kernel (host time per call); where a graph
+    # is recorded (an input requires grad, create_graph), they keep their registered autograd.
+    crow, col, values, x, grad_y, _ = _setup(CASES[0], device, torch.float32, 4)
+    n_out, n_in = CASES[0][:2]
+    ccol, row, perm = transpose_index(crow, col, n_in)
+    with _AutogradKernelCalls() as seen:
+        y = ops.spmm(crow, col, values, x, n_out)
+        ops.spmm_t(ccol, row, perm, values, grad_y, n_in)
+        ops.sddmm(crow, col, grad_y, x)
+    assert seen.calls == 0 and y.grad_fn is None
+
+    vp, xp = values.clone().requires_grad_(), x.clone().requires_grad_()
+    with _AutogradKernelCalls() as seen:
+        y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)  # its own autograd.Function: ops called below
+        y.backward(grad_y)
+    assert seen.calls == 0 and y.grad_fn is not None
+    torch.testing.assert_close(vp.grad, ops.sddmm(crow, col, grad_y, x))
+    torch.testing.assert_close(xp.grad, ops.spmm_t(ccol, row, perm, values, grad_y, n_in))
+
+    with _AutogradKernelCalls() as seen:
+        y = ops.spmm(crow, col, vp, x, n_out)  # a graph to record: through the registered autograd
+    assert seen.calls == 1 and y.grad_fn is not None
+    # double backward: linear's backward (on the autograd engine's thread for CUDA) records its products
+    y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)
+    (gx,) = torch.autograd.grad(y, xp, grad_y, create_graph=True)
+    assert gx.requires_grad and "spmm_t" in type(gx.grad_fn).__name__
