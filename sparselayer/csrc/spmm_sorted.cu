@@ -229,11 +229,10 @@ template <typename Out, int T>
 void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
                    const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
   const auto kernel = spmm_sorted_kernel<Out, T>;
-  const int threads = T;
   allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
-  kernel<<<grid, threads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<grid, T, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
       xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
