@@ -290,9 +290,8 @@ class _SparseLinearFunction(torch.autograd.Function):
         crow, col, ccol, row, perm, values, x = ctx.saved_tensors
         grad = _in_layout_of(grad, x)
         grad_values = grad_bias = grad_x = None
-        if ctx.needs_input_grad[7]:
-            spmm_t_op = torch.ops.sparselayer.spmm_t.default
-            grad_x = _call(spmm_t_op, ccol, row, perm, values, grad, x.shape[1])  # (batch, n_in)
+        if ctx.needs_input_grad[7]:  # grad_x: (batch, n_in)
+            grad_x = _call(torch.ops.sparselayer.spmm_t.default, ccol, row, perm, values, grad, x.shape[1])
         if ctx.needs_input_grad[5]:
             grad_values = _call(torch.ops.sparselayer.sddmm.default, crow, col, grad, x)  # (nnz,)
         if ctx.needs_input_grad[6]:

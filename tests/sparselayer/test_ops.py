@@ -152,11 +152,12 @@ class _AutogradKernelCalls:
             if event == "call" and code.co_name == "autograd_impl" and "_library" in code.co_filename:
                 self.calls += 1
 
+        self._previous = sys.getprofile()
         sys.setprofile(hook)
         return self
 
     def __exit__(self, *exc):
-        sys.setprofile(None)
+        sys.setprofile(self._previous)
 
 
 @pytest.mark.parametrize("device", DEVICES)
