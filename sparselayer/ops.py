@@ -19,19 +19,25 @@ from __future__ import annotations
 
 import torch
 
+from . import _cuda
 from ._library import empty_activation, is_feature_major, sddmm_dtype  # importing _library defines the schemas
 from ._library import to_feature_major
 from .csr import pointers, row_indices, transpose_index
 
 __all__ = ["spmm", "spmm_t", "sddmm", "linear"]
 
+# The overloads, looked up once: every call pays for what it looks up (host time per op, kernels-notes.md v20).
+_SPMM = torch.ops.sparselayer.spmm.default
+_SPMM_T = torch.ops.sparselayer.spmm_t.default
+_SDDMM = torch.ops.sparselayer.sddmm.default
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_functorch_active = torch._C._are_functorch_transforms_active
+
 
 def _ensure_backend(a: torch.Tensor, b: torch.Tensor) -> None:
     # While torch.compile traces, the fake implementations below do this instead (they run as plain
     # Python during tracing), which keeps this branch out of the traced graph.
-    if (a.is_cuda or b.is_cuda) and not torch.compiler.is_compiling():
-        from . import _cuda
-
+    if not _cuda._loaded and (a.is_cuda or b.is_cuda) and not torch.compiler.is_compiling():
         _cuda.ensure_loaded()
 
 
@@ -45,13 +51,13 @@ def _call(op: torch._ops.OpOverload, *args):
     With grad mode off (an autograd.Function's forward, a backward without create_graph) or no input requiring grad,
     the call goes straight to the device kernel, as that autograd kernel itself would. While torch.compile traces
     or a functorch transform is active, the call keeps the normal path (those transforms live at the keys skipped)."""
-    if (
-        (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
-        or torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
-    ):
+    if torch.is_grad_enabled():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                return op(*args)
+    if torch.compiler.is_compiling() or _functorch_active():
         return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    with _below_autograd():
         return op(*args)
 
 
@@ -115,7 +121,7 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.T
     if crow.shape[0] != n_out + 1:
         raise ValueError(f"crow has {crow.shape[0]} entries but n_out = {n_out} needs {n_out + 1}")
     _ensure_backend(values, x)
-    return _call(torch.ops.sparselayer.spmm.default, crow, col, values, x, n_out)
+    return _call(_SPMM, crow, col, values, x, n_out)
 
 
 def spmm_t(
@@ -130,7 +136,7 @@ def spmm_t(
     if ccol.shape[0] != n_in + 1:
         raise ValueError(f"ccol has {ccol.shape[0]} entries but n_in = {n_in} needs {n_in + 1}")
     _ensure_backend(values, grad_y)
-    return _call(torch.ops.sparselayer.spmm_t.default, ccol, row, perm, values, grad_y, n_in)
+    return _call(_SPMM_T, ccol, row, perm, values, grad_y, n_in)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +151,7 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, grad_y: torch.Tensor, x: torch.
     if grad_y.shape[0] != x.shape[0]:
         raise ValueError(f"grad_y has batch {grad_y.shape[0]} but x has batch {x.shape[0]}")
     _ensure_backend(grad_y, x)
-    return _call(torch.ops.sparselayer.sddmm.default, crow, col, grad_y, x)
+    return _call(_SDDMM, crow, col, grad_y, x)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,7 +274,7 @@ torch.library.register_autograd("sparselayer::sddmm", _sddmm_backward, setup_con
 class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, ccol, row, perm, values, bias, x, n_out):
-        y = _call(torch.ops.sparselayer.spmm.default, crow, col, values, x, n_out)  # (batch, n_out), fresh
+        y = _call(_SPMM, crow, col, values, x, n_out)  # (batch, n_out), fresh
         ctx.save_for_backward(crow, col, ccol, row, perm, values, x)  # after the launch: host work the GPU overlaps
         # In bf16-activation mode y is bf16 and the bias fp32: the in-place add computes each bf16 y + fp32
         # bias in fp32 and rounds it once into y, so the bias is never rounded on its own (y.add_(bias.bfloat16())
@@ -291,9 +297,9 @@ class _SparseLinearFunction(torch.autograd.Function):
         grad = _in_layout_of(grad, x)
         grad_values = grad_bias = grad_x = None
         if ctx.needs_input_grad[7]:  # grad_x: (batch, n_in)
-            grad_x = _call(torch.ops.sparselayer.spmm_t.default, ccol, row, perm, values, grad, x.shape[1])
+            grad_x = _call(_SPMM_T, ccol, row, perm, values, grad, x.shape[1])
         if ctx.needs_input_grad[5]:
-            grad_values = _call(torch.ops.sparselayer.sddmm.default, crow, col, grad, x)  # (nnz,)
+            grad_values = _call(_SDDMM, crow, col, grad, x)  # (nnz,)
         if ctx.needs_input_grad[6]:
             # bias has the values' dtype (checked in `linear`); a bf16 grad is summed in that dtype, not in bf16
             grad_bias = grad.sum(0, dtype=values.dtype)  # (n_out,)

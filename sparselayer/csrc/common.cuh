@@ -77,16 +77,29 @@ inline bool long_rows(int64_t nnz, int64_t n_rows, int64_t batch) {
          static_cast<double>(nnz) * static_cast<double>(batch) >= kLongRowsMinWork;
 }
 
-// The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m.t() itself
+// The rows a kernel stages a dense operand from: row c (column c of the (batch, n) operand, over the batch) starts
+// at element c * ld of `data`. Either the operand's own memory, where it is feature-major already (no view is made:
+// aten::t is two dispatcher calls, about 2 us of host time per op on the lent H100's host, benchmarks/kernels-notes.md
+// v20), or a copy that `owner` keeps alive. data is null where no rows were asked for.
+struct FmRows {
+  at::Tensor owner;
+  const void* data = nullptr;
+  int64_t ld = 0;
+  bool defined() const { return data != nullptr; }
+  template <typename T>
+  const T* ptr() const { return static_cast<const T*>(data); }
+};
+
+// The (batch, n) float32 or bfloat16 matrix m as float32 (n, ld) rows, ld >= batch a multiple of 4 (m's own memory
 // when m is a feature-major float32 view already), for tiles staged with 16-byte copies; undefined when !enabled.
-at::Tensor feature_major(const at::Tensor& m, bool enabled);
-// The (batch, n) bfloat16 matrix m as bfloat16 (n, ld) rows, ld >= batch a multiple of 8 (m.t() itself when m is such
-// a feature-major view already): the bf16 row-sorted spmm kernel's 64-value tile columns are 128 contiguous bytes.
-at::Tensor feature_major_bf16(const at::Tensor& m);
+FmRows feature_major(const at::Tensor& m, bool enabled);
+// The (batch, n) bfloat16 matrix m as bfloat16 (n, ld) rows, ld >= batch a multiple of 8 (m's own memory when m is
+// such a feature-major view already): the bf16 row-sorted spmm kernel's 64-value tile columns are 128 contiguous bytes.
+FmRows feature_major_bf16(const at::Tensor& m);
 // feature_major(m, true), shared through the layout cache while m lives unmodified: spmm_t stores the copy of its
 // gradient operand (store), and sddmm looks it up for the same gradient (store false: copies its own on a miss), so
 // a layer's backward copies its incoming gradient once. The copy lives as long as that gradient does.
-at::Tensor feature_major_shared(const at::Tensor& m, bool store);
+FmRows feature_major_shared(const at::Tensor& m, bool store);
 
 // The layouts of the op contract (sparselayer/_library.py, Layouts): spmm's and spmm_t's (batch, n) result is
 // feature-major (the transposed view of an (n, batch) tensor) where their dense operand is, row-major elsewhere.
@@ -114,10 +127,10 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
 // The row-sorted sddmm (sddmm_sorted.cu), where sorted_kernel_applies("SPARSELAYER_SDDMM_SORTED", ..): writes the
-// float32 sums of batch split z to target[z] (target = out when splits is 1; the caller adds the splits in order)
-// and returns false, launching nothing, where the densest panel's running sums do not fit in shared memory.
+// float32 sums to out (batch splits added in split order within the launch: last_of_splits), and returns false,
+// launching nothing, where the densest panel's running sums do not fit in shared memory.
 bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
-                  const at::Tensor& out, at::Tensor& target, int64_t& splits);
+                  const at::Tensor& out);
 
 // --- device helpers ----------------------------------------------------------------------------------
 
@@ -296,6 +309,37 @@ __device__ __forceinline__ void copy_tile_plain(float* __restrict__ ts, const fl
     cp_async16(ts + c * kBt + 4 * qd, bytes ? mt + gc * ld + gb : mt, bytes);
   }
 }
+
+// sddmm's batch splits (blockIdx.z), summed without a second kernel launch (v20: a launch is 6-8 us of host time on
+// the lent H100's host, benchmarks/kernels-notes.md). A block that has written its split's partial sums (slice z of
+// `partial`, nnz floats each) counts itself in at its group's counter; the last block of the group to arrive then
+// adds the slices in split order, the sum the separate pass made, bit for bit, and leaves the counter at zero for the
+// next launch. Call with every thread of the block after its partial writes; flag: an int of shared memory that no
+// thread uses at the time. Returns whether this block is that last one.
+__device__ __forceinline__ bool last_of_splits(int* __restrict__ arrivals, int* flag) {
+  __threadfence();  // this thread's partial sums are visible to the whole device before the block counts in
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.z) - 1;
+    if (last) *arrivals = 0;  // every block of the group has counted in
+    *flag = last;
+  }
+  __syncthreads();
+  const bool last = *flag != 0;
+  if (last) __threadfence();
+  return last;
+}
+
+// The sum over the splits of nonzero k's partial sums, in split order (read through L2: other blocks wrote them).
+__device__ __forceinline__ float sum_of_splits(const float* __restrict__ partial, int64_t nnz, int64_t k) {
+  float acc = 0.f;
+  for (int z = 0; z < static_cast<int>(gridDim.z); ++z) acc += __ldcg(partial + z * nnz + k);
+  return acc;
+}
+
+// Zeroed counters for last_of_splits, one per block group, cached with the index (each launch leaves them at zero).
+at::Tensor split_arrivals(const char* kind, const at::Tensor& crow, const at::Tensor& col, int64_t groups,
+                          int64_t splits);
 
 // Inclusive prefix sum of v over the lanes of a (full) warp.
 __device__ __forceinline__ int warp_inclusive_sum(int v, int lane) {

@@ -191,13 +191,28 @@ at::Tensor copy_feature_major(const at::Tensor& m, at::ScalarType out_type) {
   return xt;
 }
 
+// The rows of a copy (n, ld), or of the feature-major operand m (batch, n) itself.
+FmRows rows_of_copy(at::Tensor t) {
+  FmRows r;
+  r.data = t.const_data_ptr();
+  r.ld = t.stride(0);
+  r.owner = std::move(t);
+  return r;
+}
+FmRows rows_in_place(const at::Tensor& m) {
+  FmRows r;
+  r.data = m.const_data_ptr();
+  r.ld = m.stride(1);
+  return r;
+}
+
 }  // namespace
 
-at::Tensor feature_major(const at::Tensor& m, bool enabled) {
-  if (!enabled) return at::Tensor();
-  if (is_feature_major(m, at::kFloat)) return m.t();
-  return m.scalar_type() == at::kBFloat16 ? copy_feature_major<bf16, float>(m, at::kFloat)
-                                          : copy_feature_major<float, float>(m, at::kFloat);
+FmRows feature_major(const at::Tensor& m, bool enabled) {
+  if (!enabled) return FmRows{};
+  if (is_feature_major(m, at::kFloat)) return rows_in_place(m);
+  return rows_of_copy(m.scalar_type() == at::kBFloat16 ? copy_feature_major<bf16, float>(m, at::kFloat)
+                                                       : copy_feature_major<float, float>(m, at::kFloat));
 }
 
 bool result_feature_major(const at::Tensor& operand, int64_t n) {
@@ -215,21 +230,22 @@ at::Tensor in_layout_of(const at::Tensor& y, const at::Tensor& operand) {
   return result_feature_major(operand, y.size(1)) ? empty_activation(operand, y.size(1)).copy_(y) : y;
 }
 
-at::Tensor feature_major_bf16(const at::Tensor& m) {
-  if (is_feature_major(m, at::kBFloat16)) return m.t();
-  return copy_feature_major<bf16, bf16>(m, at::kBFloat16);
+FmRows feature_major_bf16(const at::Tensor& m) {
+  if (is_feature_major(m, at::kBFloat16)) return rows_in_place(m);
+  return rows_of_copy(copy_feature_major<bf16, bf16>(m, at::kBFloat16));
 }
 
-at::Tensor feature_major_shared(const at::Tensor& m, bool store) {
-  if (is_feature_major(m, at::kFloat)) return m.t();
+FmRows feature_major_shared(const at::Tensor& m, bool store) {
+  if (is_feature_major(m, at::kFloat)) return rows_in_place(m);
   if (env_int("SPARSELAYER_SHARE_FM") == 2) return feature_major(m, true);  // tuning override: never shared
   const std::array<int64_t, 4> params{m.size(0), m.size(1), m.stride(0) * 16 + m.element_size(), m.stride(1)};
   if (store) {
-    return cached_layout("feature_major", {m}, params,
-                         [&]() { return std::vector<at::Tensor>{feature_major(m, true)}; })[0];
+    return rows_of_copy(cached_layout("feature_major", {m}, params, [&]() {
+      return std::vector<at::Tensor>{feature_major(m, true).owner};
+    })[0]);
   }
   const auto hit = find_cached_layout("feature_major", {m}, params);
-  return hit.empty() ? feature_major(m, true) : hit[0];
+  return hit.empty() ? feature_major(m, true) : rows_of_copy(hit[0]);
 }
 
 at::Tensor panel_pointers(const at::Tensor& ptr, const at::Tensor& idx, int64_t n_rows, int64_t n_cols, int P) {

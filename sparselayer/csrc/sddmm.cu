@@ -11,8 +11,9 @@
 // On large matrices both operands are first copied feature-major (feature_major), so a tile column is 128
 // contiguous bytes and the tiles arrive by 16-byte cp.async copies instead of transposing loads (v8: the
 // staging was about half the kernel's instructions). Where the matrix gives too few tiles to fill the GPU,
-// the batch is split across blocks and the per-split sums are added afterwards in split order. Each nonzero
-// is summed in a fixed order: deterministic, no atomics. Measured limits (benchmarks/README.md): shared-memory
+// the batch is split across blocks and the last block of each tile to finish adds the per-split sums in split order
+// (last_of_splits: an atomic counter decides which block, never the order). Each nonzero is summed in a fixed order:
+// deterministic. Measured limits (benchmarks/README.md): shared-memory
 // reads (about 4 bytes per multiply-add, plus the staging writes), and tile loads that alternate with compute
 // within a block (two blocks per SM at 256 threads overlap them).
 // bfloat16 activations are converted to fp32 as they are staged (or copied); the sums are fp32 as always.
@@ -21,6 +22,7 @@
 #include "common.cuh"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -53,7 +55,7 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
                   const In* __restrict__ x, int64_t sxb, int64_t sxc, bool xvec,
                   const float* __restrict__ dyt, int64_t lddt, const float* __restrict__ xt, int64_t ldxt,
                   int batch, int n_out, int n_in, int R, int P, int rows_per_split, int64_t nnz,
-                  float* __restrict__ out) {
+                  float* __restrict__ out, float* __restrict__ partial, int* __restrict__ arrivals) {
   constexpr int kSlots = T * kSlotsPerThread;
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);                 // [P][32]
@@ -64,10 +66,10 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int o0 = blockIdx.x * R, p = blockIdx.y, c0 = p * P;
-  // Batch split z sums batch rows [b_begin, b_end) into its own slice of out (reduced afterwards).
+  // Batch split z sums batch rows [b_begin, b_end) into its own slice of partial (reduced by the last block).
   const int b_begin = blockIdx.z * rows_per_split;
   const int b_end = min(batch, b_begin + rows_per_split);
-  out += blockIdx.z * nnz;
+  float* dst = partial ? partial + blockIdx.z * nnz : out;
 
   // Segments of the tile's rows in this panel, and their exclusive scan (<= 4 rows per thread).
   const int per = (R + T - 1) / T;
@@ -187,20 +189,16 @@ sddmm_tile_kernel(const int32_t* __restrict__ pp, const int64_t* __restrict__ co
     for (int m = 0; m < kSlotsPerThread; ++m) {
       if (m < count) {
         const int row = rc[m] & 0xffff;
-        out[start[row] + (first + m - off[row])] = acc[m];
+        dst[start[row] + (first + m - off[row])] = acc[m];
       }
     }
   }
-}
-
-// out[k] = sum over splits z (in order) of partial[z, k]: a deterministic second stage.
-__global__ void sum_splits_kernel(const float* __restrict__ partial, int n_splits, int64_t nnz,
-                                  float* __restrict__ out) {
-  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= nnz) return;
-  float acc = 0.f;
-  for (int z = 0; z < n_splits; ++z) acc += partial[z * nnz + k];
-  out[k] = acc;
+  if (partial && last_of_splits(arrivals + blockIdx.x * gridDim.y + blockIdx.y, warp_sum)) {
+    for (int i = warp; i < R; i += T / 32) {
+      const int end = start[i] + off[i + 1] - off[i];  // row i's segment: [start[i], end)
+      for (int k = start[i] + lane; k < end; k += 32) out[k] = sum_of_splits(partial, nnz, k);
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -223,11 +221,10 @@ __global__ void sddmm_simple_kernel(const int64_t* __restrict__ crow, const int6
 
 int round32(double v) { return std::max(32, static_cast<int>(v / 32.0) * 32); }
 
-// Sizes the tile for T threads of kSlotsPerThread slots, launches the tile kernel; target receives the per-split sums.
+// Sizes the tile for T threads of kSlotsPerThread slots and launches the tile kernel.
 template <int T, typename In>
 void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
-                  const at::Tensor& out, int64_t nnz, int device, cudaStream_t stream, int64_t& splits_out,
-                  at::Tensor& target) {
+                  const at::Tensor& out, int64_t nnz, int device, cudaStream_t stream) {
   // Tile of about 3/4 kSlots nonzeros on average; square where the matrix allows.
   constexpr int kSlots = T * kSlotsPerThread;
   const double density = static_cast<double>(nnz) / (static_cast<double>(crow.numel() - 1) * x.size(1));
@@ -262,7 +259,7 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   // every 4096^2 and 16384^2 case, 1.46 vs 2.38 ms at 16384^2 b1024 99%, 0.54 vs 0.72 at 4096^2 b4096.
   const int fm_env = env_int("SPARSELAYER_SDDMM_FM");
   const bool fm = fm_env == 1 || (fm_env != 2 && tiles_r >= kFmMinStagings && tiles_c >= kFmMinStagings);
-  const at::Tensor xt = feature_major(x, fm), dyt = fm ? feature_major_shared(grad_y, false) : at::Tensor();
+  const FmRows xt = feature_major(x, fm), dyt = fm ? feature_major_shared(grad_y, false) : FmRows{};
   TORCH_CHECK(tiles_c <= 65535, "sparselayer: too many column panels");
   // Small matrices with a long batch: split the batch so that every SM gets work, and sum the splits after.
   const int64_t batch_tiles = (batch + kBt - 1) / kBt;
@@ -270,21 +267,29 @@ void launch_tiles(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   int64_t splits = std::min<int64_t>({batch_tiles, (want + tiles_r * tiles_c - 1) / (tiles_r * tiles_c), 65535});
   const int64_t tiles_per_split = (batch_tiles + splits - 1) / splits;
   splits = (batch_tiles + tiles_per_split - 1) / tiles_per_split;
-  target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
-  splits_out = splits;
+  const at::Tensor partial = splits > 1 ? at::empty({splits, nnz}, out.options()) : at::Tensor();
+  const at::Tensor arrivals = splits > 1 ? split_arrivals("sddmm_tile_arrivals", crow, col, tiles_r * tiles_c, splits)
+                                         : at::Tensor();
   const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(tiles_c), static_cast<unsigned>(splits));
   sddmm_tile_kernel<T, In><<<grid, T, smem, stream>>>(
       pp.data_ptr<int32_t>(), col.data_ptr<int64_t>(), reinterpret_cast<const In*>(grad_y.const_data_ptr()),
       grad_y.stride(0), grad_y.stride(1), can_vectorise(grad_y), reinterpret_cast<const In*>(x.const_data_ptr()),
-      x.stride(0), x.stride(1), can_vectorise(x), dyt.defined() ? dyt.data_ptr<float>() : nullptr,
-      dyt.defined() ? dyt.stride(0) : 0, xt.defined() ? xt.data_ptr<float>() : nullptr,
-      xt.defined() ? xt.stride(0) : 0,
+      x.stride(0), x.stride(1), can_vectorise(x), dyt.ptr<float>(), dyt.ld, xt.ptr<float>(), xt.ld,
       static_cast<int>(batch), static_cast<int>(n_out), static_cast<int>(n_in), R, P,
-      static_cast<int>(tiles_per_split * kBt), nnz, target.data_ptr<float>());
+      static_cast<int>(tiles_per_split * kBt), nnz, out.data_ptr<float>(),
+      partial.defined() ? partial.data_ptr<float>() : nullptr,
+      arrivals.defined() ? arrivals.data_ptr<int32_t>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
+
+at::Tensor split_arrivals(const char* kind, const at::Tensor& crow, const at::Tensor& col, int64_t groups,
+                          int64_t splits) {
+  return cached_layout(kind, {crow, col}, {groups, splits, 0, 0}, [&]() {
+    return std::vector<at::Tensor>{at::zeros({groups}, crow.options().dtype(at::kInt))};
+  })[0];
+}
 
 at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& grad_y,
                       const at::Tensor& x) {
@@ -320,8 +325,6 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
     return out;
   }
 
-  int64_t splits_out = 1;
-  at::Tensor target;
   // 512 threads (16 warps, one block per SM) below 5% density on matrices under 2^26 entries, else 256 (two blocks
   // per SM, so one block's tile loads overlap the other's multiply-adds), 8 slots per thread either way. Measured
   // on an H100 (benchmarks/results/history/tune-v10-sddmm.log), ms 512 -> 256 threads: 16384^2 b1024 99% 1.47 ->
@@ -333,21 +336,15 @@ at::Tensor sddmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const
                     (t_env != 256 && density < 0.05 && static_cast<double>(n_out) * n_in < static_cast<double>(1 << 26));
   auto launch = [&](auto in) {
     using In = decltype(in);
-    if (wide) launch_tiles<2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
-    else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream, splits_out, target);
+    if (wide) launch_tiles<2 * kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream);
+    else launch_tiles<kThreads, In>(crow, col, grad_y, x, out, nnz, device, stream);
   };
   const bool sorted_default =
       static_cast<double>(nnz) * static_cast<double>(batch) >= kSortedMinWork || long_rows(nnz, n_out, batch);
   if (!(sorted_kernel_applies("SPARSELAYER_SDDMM_SORTED", sorted_default, batch) &&
-        sorted_sddmm(crow, col, grad_y, x, out, target, splits_out))) {
+        sorted_sddmm(crow, col, grad_y, x, out))) {
     if (bf16_act) launch(bf16{});
     else launch(float{});
-  }
-  const int64_t splits = splits_out;
-  if (splits > 1) {
-    sum_splits_kernel<<<static_cast<unsigned>((nnz + 255) / 256), 256, 0, stream>>>(
-        target.data_ptr<float>(), static_cast<int>(splits), nnz, out.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;
 }

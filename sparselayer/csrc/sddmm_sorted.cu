@@ -17,8 +17,9 @@
 // next tile's rows into that stage (coalesced: 4 whole 128-byte lines per instruction), which have the rest of the
 // tile to arrive. Per entry and batch tile: the column offset and the running sum from shared memory, 8 lane-rotated
 // float4 reads of the x column (conflict-free, as in spmm_sorted.cu), 32 multiply-adds in 4 chains. Each sum adds its
-// batch tiles in order, and batch splits (where the grid is short of blocks) are added afterwards in split order:
-// deterministic, no atomics.
+// batch tiles in order, and batch splits (where the grid is short of blocks) are added in split order by the group's
+// last block to finish (last_of_splits): deterministic. The pack ranks rows of equal length in row order, so a row
+// always has the same lane, whose rotated chunk order sets the rounding of each of its sums.
 //
 // Measured on an H100 (benchmarks/kernels-notes.md, v12), 16384^2 b1024: 1.04 ms at 99% (256 threads: 1.18, the tile
 // kernel 1.26), 2.13 at 97% (tile 2.94); 4096^2 b4096 0.38 and 0.66 (tile 0.50 and 0.97). A first version had each
@@ -85,15 +86,18 @@ __device__ __forceinline__ void stage_rows(float* stage, const int (&row)[8], co
 
 // items, chunks, n_chunks, off, src: the pack (sorted.cuh) for row blocks of R <= 64 W rows and panels of P; xt, dyt:
 // x and grad_y feature-major (row c holds column c over the batch, rows of ldx / ldd floats; n_out * ldd < 2^31);
-// max_slots: the pack's max_bp. Block (row block, panel, split) writes its panel's sums for batch tiles
-// [split * tiles_per_split, ...) to out[split * nnz + k]. T threads = W warps; warp w owns chunks w and 2 W - 1 - w.
+// max_slots: the pack's max_bp. Block (row block, panel, split) sums its panel's nonzeros over batch tiles
+// [split * tiles_per_split, ...): into out[k] where the batch is not split (partial null), else into partial[split *
+// nnz + k], and the group's last block to finish writes their sums to out (last_of_splits; arrivals: per bp). T
+// threads = W warps; warp w owns chunks w and 2 W - 1 - w.
 template <int T>
 __global__ void __launch_bounds__(T, 1)
 sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ chunks,
                     const int32_t* __restrict__ n_chunks, const int32_t* __restrict__ off,
                     const int32_t* __restrict__ src, const float* __restrict__ xt, int64_t ldx,
                     const float* __restrict__ dyt, int ldd, int batch, int n_in, int n_panels, int P, int R,
-                    int max_slots, int tiles_per_split, int64_t nnz, float* __restrict__ out) {
+                    int max_slots, int tiles_per_split, int64_t nnz, float* __restrict__ out,
+                    float* __restrict__ partial, int* __restrict__ arrivals) {
   constexpr int W = T / 32, K = kChunksPerWarp;
   extern __shared__ float4 smem4[];
   float* xbuf = reinterpret_cast<float*>(smem4);          // 2 x [P][32]
@@ -111,7 +115,7 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
   const int S = last.x + kChunk * last.y - base;
   const int n_tiles = (batch + kBt - 1) / kBt;
   const int t_begin = blockIdx.z * tiles_per_split, t_end = min(n_tiles, t_begin + tiles_per_split);
-  out += blockIdx.z * nnz;
+  float* dst = partial ? partial + blockIdx.z * nnz : out;
   float* stage = stages + warp * K * kChunk * kBt;
 
   copy_tile<T>(xbuf, xt, ldx, batch, n_in, t_begin * kBt, p * P, P);
@@ -167,7 +171,16 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
   }
 #pragma unroll
   for (int r = 0; r < K; ++r)
-    for (int t = 0; t < len[r]; ++t) out[__ldg(src + base + first[r] + kChunk * t)] = sums[first[r] + kChunk * t];
+    for (int t = 0; t < len[r]; ++t) dst[__ldg(src + base + first[r] + kChunk * t)] = sums[first[r] + kChunk * t];
+  // The stages are free once every warp is past the loop (last_of_splits synchronises the block first).
+  if (partial && last_of_splits(arrivals + bp, reinterpret_cast<int*>(stages))) {
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+      for (int t = 0; t < len[r]; ++t) {
+        const int k = __ldg(src + base + first[r] + kChunk * t);
+        out[k] = sum_of_splits(partial, nnz, k);
+      }
+  }
 }
 
 // x tiles, grad_y stages, sums and column offsets of a T-thread block.
@@ -192,7 +205,7 @@ int64_t choose_splits(int64_t blocks, int64_t n_tiles, int sms) {
 }  // namespace
 
 bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
-                  const at::Tensor& out, at::Tensor& target, int64_t& splits) {
+                  const at::Tensor& out) {
   const int64_t batch = x.size(0), n_in = x.size(1), n_out = crow.numel() - 1, nnz = col.numel();
   const int device = x.get_device();
   const int limit = max_smem_optin(device);
@@ -207,7 +220,7 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const bool forced = env_int("SPARSELAYER_SDDMM_SORTED") == 1;
   SortedConfig c{};
   int threads = 0, n_panels = 0;
-  int64_t n_blocks = 0, n_tiles = (batch + kBt - 1) / kBt, tiles_per_split = 0, max_slots = 0;
+  int64_t n_blocks = 0, n_tiles = (batch + kBt - 1) / kBt, tiles_per_split = 0, max_slots = 0, splits = 1;
   std::vector<at::Tensor> layout;
   for (const int t : {512, 256}) {
     if (t_env != 0 && t_env != t) continue;
@@ -241,20 +254,24 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   if (threads == 0) return false;
   const int smem = sorted_sddmm_smem(c, threads, max_slots);
   TORCH_CHECK(n_panels <= 65535, "sparselayer: too many column panels");
-  const at::Tensor dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
+  const FmRows dyt = feature_major_shared(grad_y, false);  // spmm_t's copy, in a layer's backward
   // The kernel's grad_y row offsets are int32: larger products go to the tile kernel.
-  if (static_cast<double>(n_out) * dyt.stride(0) >= 2147483647.0) return false;
-  const at::Tensor xt = feature_major(x, true);
-  target = splits > 1 ? at::empty({splits, nnz}, out.options()) : out;
+  if (static_cast<double>(n_out) * dyt.ld >= 2147483647.0) return false;
+  const FmRows xt = feature_major(x, true);
+  const at::Tensor partial = splits > 1 ? at::empty({splits, nnz}, out.options()) : at::Tensor();
+  const at::Tensor arrivals =
+      splits > 1 ? split_arrivals("sddmm_sorted_arrivals", crow, col, n_blocks * n_panels, splits) : at::Tensor();
   const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(n_panels), static_cast<unsigned>(splits));
   auto launch = [&](auto kernel) {
     allow_smem(reinterpret_cast<const void*>(kernel), device);
     kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
         layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), layout[4].data_ptr<int32_t>(),
-        xt.data_ptr<float>(), xt.stride(0), dyt.data_ptr<float>(), static_cast<int>(dyt.stride(0)),
+        xt.ptr<float>(), xt.ld, dyt.ptr<float>(), static_cast<int>(dyt.ld),
         static_cast<int>(batch), static_cast<int>(n_in), n_panels, c.P, c.R, static_cast<int>(max_slots),
-        static_cast<int>(tiles_per_split), nnz, target.data_ptr<float>());
+        static_cast<int>(tiles_per_split), nnz, out.data_ptr<float>(),
+        partial.defined() ? partial.data_ptr<float>() : nullptr,
+        arrivals.defined() ? arrivals.data_ptr<int32_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if (threads == 512) launch(sddmm_sorted_kernel<512>);

@@ -46,9 +46,14 @@ SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int dev
 //   off      int32 [slots + kSlotPad]   per slot, the entry's column as a byte offset into an x tile (128 c)
 //   src      int32 [slots]              per slot, the entry's value position (k, or perm[k] for spmm_t)
 //   max_bp   int64 scalar on the host   the most padded slots of one bp (32 * sum of its chunks' L)
+//   pv       float32 [slots + kSlotPad] (values_buffer only) where slot_values gathers each call's values (zero
+//                                       past the last slot), reused while the layout lives instead of allocated
+//                                       per call (the spmm kernels; the stream order keeps one call's gather after
+//                                       the previous call's product)
 // Slots past a row's length hold (0, 0). Building it copies two sizes to the host (a stream synchronisation).
 std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& perm,
-                                      int64_t n_out, int64_t n_cols, const SortedConfig& c);
+                                      int64_t n_out, int64_t n_cols, const SortedConfig& c,
+                                      bool values_buffer = false);
 
 // sorted_csr_times_dense for bfloat16 x: the row-sorted kernel with bf16 x tiles (spmm_sorted_bf16.cu).
 at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& vals,
@@ -60,8 +65,9 @@ at::Tensor window_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
                                   const at::Tensor& perm, const at::Tensor& x, int64_t n_out);
 
 // pv[s] = vals[src[s]] (float32 [slots + kSlotPad], zero past the last slot): the values in slot order, once per
-// call (they change every step, the slots only with the topology).
-at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals);
+// call (they change every step, the slots only with the topology), written into `buffer` where it is given (the
+// layout's pv) else into a new tensor.
+at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals, const at::Tensor& buffer = at::Tensor());
 
 constexpr int kAhead = 4;                 // entries of a lane whose column offsets and values are in flight at once
 constexpr int kSlotPad = kAhead * kChunk;  // zero slots past the last in off and pv: a group past a row's end loads

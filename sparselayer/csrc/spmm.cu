@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <type_traits>
 
 namespace sparselayer {
@@ -386,7 +387,7 @@ constexpr bool has_wide(int J, int NB) { return NB == 1 && (J == 8 || J == 16); 
 // double-buffered one for them).
 template <int J, int NB, typename In>
 void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
-                  const at::Tensor& pvals, const at::Tensor& x, const at::Tensor& xt, int64_t n_rows, int n_panels,
+                  const at::Tensor& pvals, const at::Tensor& x, const FmRows& xt, int64_t n_rows, int n_panels,
                   at::Tensor& y) {
   constexpr int R = (kThreads / kLanes) * J;
   const int64_t batch = x.size(0);
@@ -417,7 +418,7 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
       allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J / 2, NB, 2 * kThreads, In>), x.get_device());
       spmm_panel_kernel<J / 2, NB, 2 * kThreads, In><<<grid, 2 * kThreads, c.smem, stream>>>(
           q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
-          xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+          xt.ptr<float>(), xt.ld, static_cast<int>(batch),
           static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp,
           result_ld(y));
     }
@@ -425,7 +426,7 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
     allow_smem(reinterpret_cast<const void*>(spmm_panel_kernel<J, NB, kThreads, In>), x.get_device());
     spmm_panel_kernel<J, NB, kThreads, In><<<grid, kThreads, c.smem, stream>>>(
         q.data_ptr<int32_t>(), pk, sv.data_ptr<float>(), xp, x.stride(0), x.stride(1), can_vectorise(x),
-        xt.defined() ? xt.data_ptr<float>() : nullptr, xt.defined() ? xt.stride(0) : 0, static_cast<int>(batch),
+        xt.ptr<float>(), xt.ld, static_cast<int>(batch),
         static_cast<int>(x.size(1)), static_cast<int>(n_rows), n_panels, c.P, c.cap, pvals.defined(), yp,
           result_ld(y));
   }
@@ -435,7 +436,7 @@ void launch_panel(const PanelConfig& c, const at::Tensor& q, const at::Tensor& p
 // Every launch configuration choose_config can pick, for activations of type In (bfloat16: one batch tile per block).
 template <typename In>
 void launch_config(const PanelConfig& c, const at::Tensor& q, const at::Tensor& packed, const at::Tensor& vals,
-                   const at::Tensor& pvals, const at::Tensor& x, const at::Tensor& xt, int64_t n_rows, int n_panels,
+                   const at::Tensor& pvals, const at::Tensor& x, const FmRows& xt, int64_t n_rows, int n_panels,
                    at::Tensor& y) {
 #define SPARSELAYER_LAUNCH(J, NB) launch_panel<J, NB, In>(c, q, packed, vals, pvals, x, xt, n_rows, n_panels, y)
   if constexpr (std::is_same_v<In, float>) {
@@ -600,18 +601,22 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
   const int64_t nnz = idx_in.numel();
   TORCH_CHECK(nnz < std::numeric_limits<int32_t>::max(), "sparselayer: more than 2^31 nonzeros");
   const auto vals = vals_in.contiguous();
-  const PanelConfig c = choose_config(n_out, n_cols, batch, nnz, device, bf16_act);
   // The row-sorted kernel wherever the panel kernel would stage x from a feature-major copy, on every large product,
   // and from 5% density on products of 2e8 multiply-adds (v11, benchmarks/kernels-notes.md: 16384^2 b1024 forward
   // 7.9 -> 5.0 ms at 90%, 2.8 -> 2.1 at 97%; 4096^2 b512 at 90% 0.58 -> 0.28, 784x512 b10000 0.26 -> 0.17; slower
   // than the panel kernel at 99% on the small shapes, where a row's segment of a panel holds one or two entries),
-  // and on long rows (v16, long_rows).
+  // and on long rows (v16, long_rows). The panel kernel's configuration (its overrides read from the environment) is
+  // only worked out where the other rules leave the choice to it: host time per call.
   const double work = static_cast<double>(nnz) * batch;
   const bool dense_enough = static_cast<double>(nnz) >= kDbMinDensity * static_cast<double>(n_out) * n_cols;
-  const bool sorted_default = c.fm || work >= kDbMinWork || (dense_enough && work >= kSortedMinWork) ||
-                              long_rows(nnz, n_out, batch);
-  if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", sorted_default, batch))
+  const bool sorted_anyway =
+      work >= kDbMinWork || (dense_enough && work >= kSortedMinWork) || long_rows(nnz, n_out, batch);
+  std::optional<PanelConfig> config;
+  if (!sorted_anyway) config = choose_config(n_out, n_cols, batch, nnz, device, bf16_act);
+  if (sorted_kernel_applies("SPARSELAYER_SPMM_SORTED", sorted_anyway || config->fm, batch))
     return sorted_csr_times_dense(ptr_in, idx_in, vals, perm_in, x, n_out);
+  if (!config) config = choose_config(n_out, n_cols, batch, nnz, device, bf16_act);
+  const PanelConfig& c = *config;
   auto y = empty_activation(x, n_out);
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const auto layout = panel_layout(ptr_in, idx_in, perm_in, n_out, n_cols, c.P, 32 * c.J);
@@ -630,8 +635,8 @@ at::Tensor csr_times_dense(const at::Tensor& ptr_in, const at::Tensor& idx_in, c
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
-  const at::Tensor xt = c.db || !c.fm ? at::Tensor() : perm_in.defined() ? feature_major_shared(x, true)
-                                                                          : feature_major(x, true);
+  const FmRows xt = c.db || !c.fm ? FmRows{} : perm_in.defined() ? feature_major_shared(x, true)
+                                                                  : feature_major(x, true);
   if (bf16_act) launch_config<bf16>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
   else launch_config<float>(c, q, packed, vals, pvals, x, xt, n_out, n_panels, y);
   return y;

@@ -27,6 +27,7 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <algorithm>
@@ -41,8 +42,10 @@ constexpr int kPackThreads = 256;
 // Per (row block b, panel p) = bp, R rows o0 + i: sorts the rows with a nonempty segment in panel p by length
 // (descending, counting sort), writes them as items[bp * R + rank] = i | len << 16 (0 past the last, up to a whole
 // chunk), and per chunk of C = kChunk items its (first slot within bp, length L of its longest row):
-// chunks[bp * R / C + c]. n_chunks[bp] and bp_slots[bp] (C * sum of L: the padded slots) complete it. Ties are
-// ranked in any order: a row's sum does not depend on which lane takes it.
+// chunks[bp * R / C + c]. n_chunks[bp] and bp_slots[bp] (C * sum of L: the padded slots) complete it. Ties keep row
+// order (a stable sort), so the same index always gives the same pack: the row-sorted sddmm adds a nonzero's batch
+// chunks in an order rotated by its lane, and ties ranked by the order of shared-memory atomics gave other bits
+// whenever the pack was rebuilt (another stream, an evicted cache entry; v20, benchmarks/kernels-notes.md).
 __global__ void __launch_bounds__(kPackThreads)
 sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int R, int P,
                    int32_t* __restrict__ items, int2* __restrict__ chunks, int32_t* __restrict__ n_chunks,
@@ -92,10 +95,24 @@ sorted_rank_kernel(const int32_t* __restrict__ pp, int n_rows, int n_panels, int
   }
   if (tid == kPackThreads - 1) n_items = run;
   __syncthreads();
+  // Rows in index order, warp by warp: the lanes of one length take consecutive ranks from that length's next one,
+  // whose first lane then advances it.
 #pragma unroll
-  for (int u = 0; u < kMaxSortedR / kPackThreads; ++u)
-    if (len[u] > 0) sorted[atomicAdd(&count[min(len[u], P)], 1)] = (tid + u * kPackThreads) | (len[u] << 16);
-  __syncthreads();
+  for (int u = 0; u < kMaxSortedR / kPackThreads; ++u) {
+    for (int w = 0; w < kPackThreads / 32; ++w) {
+      if (warp == w) {
+        const int l = min(len[u], P);
+        const unsigned peers = __match_any_sync(0xffffffffu, l), below = peers & ((1u << lane) - 1u);
+        const int first = l > 0 ? count[l] : 0;
+        __syncwarp();
+        if (l > 0) {
+          sorted[first + __popc(below)] = (tid + u * kPackThreads) | (len[u] << 16);
+          if (below == 0) count[l] = first + __popc(peers);
+        }
+      }
+      __syncthreads();
+    }
+  }
   const int m = n_items, nch = (m + C - 1) / C;
   for (int r = tid; r < nch * C; r += kPackThreads) items[bp * R + r] = r < m ? sorted[r] : 0;
   for (int c = tid; c < nch; c += kPackThreads) {  // the first item's length, unless an index broke the contract
@@ -227,15 +244,15 @@ spmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ c
 
 template <typename Out, int T>
 void launch_sorted(const SortedConfig& c, const std::vector<at::Tensor>& layout, const at::Tensor& pv,
-                   const at::Tensor& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
+                   const FmRows& xt, int64_t batch, int64_t n_cols, int64_t n_out, at::Tensor& y) {
   const auto kernel = spmm_sorted_kernel<Out, T>;
   allow_smem(reinterpret_cast<const void*>(kernel), y.get_device());
   const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
   const dim3 grid(static_cast<unsigned>((n_out + c.R - 1) / c.R), static_cast<unsigned>((batch + kBt - 1) / kBt));
   kernel<<<grid, T, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
-      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(),
-      xt.stride(0), static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
+      layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.ptr<float>(), xt.ld,
+      static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R,
       env_int("SPARSELAYER_SORTED_DESC") != 2, reinterpret_cast<Out*>(y.data_ptr()), result_ld(y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -256,9 +273,10 @@ __global__ void gather_slot_values_kernel(const int32_t* __restrict__ src, const
   for (int64_t t = s; t < s + 4 && t < n_padded; ++t) pv[t] = t < n ? __ldg(vals + __ldg(src + t)) : 0.f;
 }
 
-at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals) {
+at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals, const at::Tensor& buffer) {
   const int64_t n_padded = src.numel() + kSlotPad;
-  auto pv = at::empty({n_padded}, vals.options());  // 16-byte aligned (a fresh allocation)
+  // 16-byte aligned either way (the start of an allocation)
+  auto pv = buffer.defined() && buffer.numel() == n_padded ? buffer : at::empty({n_padded}, vals.options());
   const int64_t threads = (n_padded + 3) / 4;
   gather_slot_values_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0,
                               c10::cuda::getCurrentCUDAStream()>>>(src.data_ptr<int32_t>(), vals.data_ptr<float>(),
@@ -293,10 +311,10 @@ SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int dev
 }
 
 std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor& idx_in, const at::Tensor& perm_in,
-                                      int64_t n_out, int64_t n_cols, const SortedConfig& c) {
+                                      int64_t n_out, int64_t n_cols, const SortedConfig& c, bool values_buffer) {
   std::vector<at::Tensor> index{ptr_in, idx_in};
   if (perm_in.defined()) index.push_back(perm_in);
-  return cached_layout("spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
+  return cached_layout(values_buffer ? "spmm_sorted_pv" : "spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
     const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
     const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
     const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
@@ -329,7 +347,9 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
         bp_slots.data_ptr<int64_t>(), bp_end.data_ptr<int64_t>(), static_cast<int>(n_out), n_panels, c.R, c.P,
         off.data_ptr<int32_t>(), src.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return std::vector<at::Tensor>{items, chunks, n_chunks, off, src.narrow(0, 0, total), sizes[1]};
+    std::vector<at::Tensor> layout{items, chunks, n_chunks, off, src.narrow(0, 0, total), sizes[1]};
+    if (values_buffer) layout.push_back(at::zeros({total + kSlotPad}, opts.dtype(at::kFloat)));
+    return layout;
   });
 }
 
@@ -351,10 +371,10 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   const int64_t batch = x.size(0), n_cols = x.size(1);
   // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
   const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);
-  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
-  const auto pv = slot_values(layout[4], vals);
+  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c, true);
+  const auto pv = slot_values(layout[4], vals, layout[6]);
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
-  const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
+  const FmRows xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = empty_activation(x, n_out);
   // 20 warps where rows are sparse (sorted.cuh, sorted_threads): measured on an H100 (benchmarks/kernels-notes.md,
   // v19), 16384^2 b1024 99% forward 0.950-0.954 vs 0.973-0.978 ms, spmm_t 0.897-0.900 vs 0.918-0.924, 4096^2 b4096 99%

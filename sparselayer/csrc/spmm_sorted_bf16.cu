@@ -143,12 +143,12 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   // Beside the accumulators and x tiles: the counters (16 bytes) and two panel descriptors.
   const SortedConfig c =
       choose_sorted(n_out, n_cols, batch, device, 16 + 2 * desc_ints(kMaxRows16) * 4, kBt16, kMaxRows16);
-  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c);
-  const auto pv = slot_values(layout[4], vals);
+  const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c, true);
+  const auto pv = slot_values(layout[4], vals, layout[6]);
   // Not shared with sddmm as spmm_t's fp32 copy is (feature_major_shared): the bf16 sddmm, whose tiles are fp32,
   // copies the gradient again; the bf16 layer step still gains (16384^2 b1024 99%: 2.84-2.90 vs 2.97 ms,
   // benchmarks/results/history/tune-v14-bf16-tiles.log).
-  const at::Tensor xt = feature_major_bf16(x);
+  const FmRows xt = feature_major_bf16(x);
   auto y = empty_activation(x, n_out);
   // 20 warps (92 registers) where a row's segment of a panel is a few entries (under 5% density): more warps to hide
   // the latency of each unit's first loads. Measured on an H100 (benchmarks/kernels-notes.md, v15): 16384^2 b1024
@@ -163,7 +163,7 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   kernel<<<grid, threads, c.smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
       layout[2].data_ptr<int32_t>(), layout[3].data_ptr<int32_t>(), pv.data_ptr<float>(),
-      reinterpret_cast<const bf16*>(xt.const_data_ptr()), xt.stride(0), static_cast<int>(batch),
+      xt.ptr<bf16>(), xt.ld, static_cast<int>(batch),
       static_cast<int>(n_cols), static_cast<int>(n_out), n_panels, c.P, c.R, reinterpret_cast<bf16*>(y.data_ptr()),
       result_ld(y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();

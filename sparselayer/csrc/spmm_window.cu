@@ -345,7 +345,7 @@ at::Tensor window_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   const WindowConfig c = choose_window(n_cols, device);
   const auto layout = window_layout(ptr, idx, perm, n_out, c);
   const auto pv = slot_values(layout[3], vals);
-  const at::Tensor xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
+  const FmRows xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = at::empty({batch, n_out}, x.options());
   const int n_row_blocks = static_cast<int>((n_out + kWinR - 1) / kWinR);
   const int64_t n_items = static_cast<int64_t>(n_row_blocks) * ((batch + kBt - 1) / kBt);
@@ -357,7 +357,7 @@ at::Tensor window_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(n_items, grid_env >= 1 ? grid_env : num_sms(device)));
   spmm_window_kernel<<<grid, kWinThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       layout[0].data_ptr<int32_t>(), reinterpret_cast<const int2*>(layout[1].data_ptr<int32_t>()),
-      layout[2].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.data_ptr<float>(), xt.stride(0),
+      layout[2].data_ptr<int32_t>(), pv.data_ptr<float>(), xt.ptr<float>(), xt.ld,
       static_cast<int>(batch), static_cast<int>(n_cols), static_cast<int>(n_out), c.n_panels, c.P, c.K, n_row_blocks,
       static_cast<int>(n_items), y.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -523,6 +523,90 @@ def test_sorted_sddmm_batch_splits(dtype, monkeypatch):
     assert torch.equal(gv, torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)), f"seed {seed}"
 
 
+@pytest.mark.parametrize("variant", ["sorted-rows", "sorted-rows-small-blocks-640-threads"])
+def test_rebuilt_layouts_give_the_same_bits(variant, monkeypatch):
+    """Every call rebuilding the row-sorted pack (SPARSELAYER_NO_CACHE=1, what another stream or an evicted cache
+    entry pays) gives the same bits: the pack ranks rows of equal segment length in row order, and the sddmm's sum
+    of a nonzero depends on the lane that takes its row."""
+    _force(monkeypatch, variant)
+    monkeypatch.setenv("SPARSELAYER_SDDMM_SORTED", "1")
+    monkeypatch.setenv("SPARSELAYER_NO_CACHE", "1")
+    seed = _seed()
+    shape = (1100, 1500, 16500, 7, 300)
+    m, x, grad_y, _ = _case(shape, torch.float32, "transposed", seed)
+    ccol, row, perm = transpose_index(m["crow"], m["col"], shape[1])
+    calls = {
+        "spmm": lambda: ops.spmm(m["crow"], m["col"], m["values"], x, shape[0]),
+        "spmm_t": lambda: ops.spmm_t(ccol, row, perm, m["values"], grad_y, shape[1]),
+        "sddmm": lambda: ops.sddmm(m["crow"], m["col"], grad_y, x),
+    }
+    for name, call in calls.items():
+        first = call()
+        for _ in range(3):
+            assert torch.equal(call(), first), f"{name} ({variant}) with its pack rebuilt, seed {seed}"
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_sorted_spmm_values_gathered_each_call(precision, monkeypatch):
+    """The row-sorted kernels gather the values into a buffer kept with the cached layout: calls with other values
+    on the same index (another tensor, then the first one changed in place, as an optimizer step does), queued
+    without synchronising, each use their own values."""
+    _force(monkeypatch, "sorted-rows")
+    seed = _seed()
+    shape = (1100, 1500, 16500, 7, 70)
+    m, x, grad_y, w64 = _case(shape, torch.float32, "transposed", seed)
+    x = x.to(precision)
+    v1 = m["values"]
+    v2 = torch.randn(v1.shape, generator=torch.Generator(device="cuda").manual_seed(seed % 2**31), device="cuda")
+    n_out = shape[0]
+    outs = [ops.spmm(m["crow"], m["col"], v, x, n_out) for v in (v1, v2)]
+    v1.mul_(-0.5)
+    outs.append(ops.spmm(m["crow"], m["col"], v1, x, n_out))
+    tol = 2e-5 if precision == torch.float32 else 1e-2
+    for out, v in zip(outs, (v1 * -2.0, v2, v1)):
+        w = torch.sparse_csr_tensor(m["crow"], m["col"], v.double(), (n_out, shape[1])).to_dense()
+        ref = x.double() @ w.T
+        err = (out.double() - ref).abs().max().item()
+        assert err <= tol * max(ref.abs().max().item(), 1.0), f"{precision}: max error {err:.3g}, seed {seed}"
+
+
+@pytest.mark.parametrize("kernel", ["tiles", "sorted-rows"])
+def test_sddmm_batch_splits_added_within_the_launch(kernel, monkeypatch):
+    """The batch splits are added by the last block of each group to finish, which leaves the group's counter at
+    zero for the next launch: calls in a row, interleaved with another index, and on a second stream (its own
+    counters) all give the float64 reference and the same bits. The tile kernel splits a small matrix's long batch
+    many ways (here one 40 x 150 tile: its 64 batch tiles in 64 splits), the row-sorted one in 2."""
+    if kernel == "tiles":
+        monkeypatch.setenv("SPARSELAYER_SDDMM_SORTED", "2")
+        shape, other = (40, 150, 900, 3, 2048), (40, 150, 700, 0, 2048)
+    else:
+        _force(monkeypatch, "sorted-rows")
+        shape, other = (1100, 1500, 16500, 7, 300), (1100, 1500, 14000, 0, 300)
+    seed = _seed()
+    m, x, grad_y, _ = _case(shape, torch.float32, "contiguous", seed)
+    m2, x2, grad_y2, _ = _case(other, torch.float32, "contiguous", seed + 7)
+
+    def reference(m, x, grad_y, shape):
+        rows = torch.repeat_interleave(torch.arange(shape[0]), m["crow"].cpu().diff())
+        return (grad_y.double().cpu().T @ x.double().cpu())[rows, m["col"].cpu()]
+
+    ref, ref2 = reference(m, x, grad_y, shape), reference(m2, x2, grad_y2, other)
+    first = torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x)
+    _check(first, ref, torch.float32, seed, f"sddmm ({kernel}), batch splits")
+    for _ in range(3):
+        _poison(shape[2], torch.float32)
+        assert torch.equal(torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x), first), f"seed {seed}"
+        _check(torch.ops.sparselayer.sddmm(m2["crow"], m2["col"], grad_y2, x2), ref2, torch.float32, seed,
+               f"sddmm ({kernel}), batch splits, another index")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        on_side = [torch.ops.sparselayer.sddmm(m["crow"], m["col"], grad_y, x) for _ in range(2)]
+    torch.cuda.current_stream().wait_stream(side)
+    for out in on_side:
+        assert torch.equal(out, first), f"sddmm ({kernel}) on a second stream, seed {seed}"
+
+
 def test_sparse_linear_after_set_topology():
     """SparseLinear on CUDA after its topology changes (the cache is keyed on the index tensors it replaces)."""
     seed = _seed()
