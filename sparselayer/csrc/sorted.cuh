@@ -49,7 +49,9 @@ SortedConfig choose_sorted(int64_t n_out, int64_t n_cols, int64_t batch, int dev
 //   pv       float32 [slots + kSlotPad] (values_buffer only) where slot_values gathers each call's values (zero
 //                                       past the last slot), reused while the layout lives instead of allocated
 //                                       per call (the spmm kernels; the stream order keeps one call's gather after
-//                                       the previous call's product)
+//                                       the previous call's product). One cache entry serves spmm and sddmm where
+//                                       their blocks and panels coincide: whichever built it decides whether pv is
+//                                       there (values_buffer_of).
 // Slots past a row's length hold (0, 0). Building it copies two sizes to the host (a stream synchronisation).
 std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& perm,
                                       int64_t n_out, int64_t n_cols, const SortedConfig& c,
@@ -68,6 +70,10 @@ at::Tensor window_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
 // call (they change every step, the slots only with the topology), written into `buffer` where it is given (the
 // layout's pv) else into a new tensor.
 at::Tensor slot_values(const at::Tensor& src, const at::Tensor& vals, const at::Tensor& buffer = at::Tensor());
+// A sorted_layout's pv buffer, undefined where the layout was built without one.
+inline at::Tensor values_buffer_of(const std::vector<at::Tensor>& layout) {
+  return layout.size() > 6 ? layout[6] : at::Tensor();
+}
 
 constexpr int kAhead = 4;                 // entries of a lane whose column offsets and values are in flight at once
 constexpr int kSlotPad = kAhead * kChunk;  // zero slots past the last in off and pv: a group past a row's end loads

@@ -314,7 +314,7 @@ std::vector<at::Tensor> sorted_layout(const at::Tensor& ptr_in, const at::Tensor
                                       int64_t n_out, int64_t n_cols, const SortedConfig& c, bool values_buffer) {
   std::vector<at::Tensor> index{ptr_in, idx_in};
   if (perm_in.defined()) index.push_back(perm_in);
-  return cached_layout(values_buffer ? "spmm_sorted_pv" : "spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
+  return cached_layout("spmm_sorted", index, {n_out, n_cols, c.P, c.R}, [&]() {
     const auto ptr = ptr_in.contiguous(), idx = idx_in.contiguous();
     const auto perm = perm_in.defined() ? perm_in.contiguous() : perm_in;
     const int n_panels = static_cast<int>((n_cols + c.P - 1) / c.P);
@@ -372,7 +372,7 @@ at::Tensor sorted_csr_times_dense(const at::Tensor& ptr, const at::Tensor& idx, 
   // Beside the accumulators and x tiles: the chunk counters (16 bytes) and two panel descriptors.
   const SortedConfig c = choose_sorted(n_out, n_cols, batch, x.get_device(), 16 + 2 * desc_ints(kMaxSortedR) * 4);
   const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c, true);
-  const auto pv = slot_values(layout[4], vals, layout[6]);
+  const auto pv = slot_values(layout[4], vals, values_buffer_of(layout));
   // spmm_t (perm defined): x is the layer's incoming gradient, whose copy sddmm then reuses.
   const FmRows xt = perm.defined() ? feature_major_shared(x, true) : feature_major(x, true);
   auto y = empty_activation(x, n_out);

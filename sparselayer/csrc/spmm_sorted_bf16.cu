@@ -144,7 +144,7 @@ at::Tensor sorted_csr_times_dense_bf16(const at::Tensor& ptr, const at::Tensor& 
   const SortedConfig c =
       choose_sorted(n_out, n_cols, batch, device, 16 + 2 * desc_ints(kMaxRows16) * 4, kBt16, kMaxRows16);
   const auto layout = sorted_layout(ptr, idx, perm, n_out, n_cols, c, true);
-  const auto pv = slot_values(layout[4], vals, layout[6]);
+  const auto pv = slot_values(layout[4], vals, values_buffer_of(layout));
   // Not shared with sddmm as spmm_t's fp32 copy is (feature_major_shared): the bf16 sddmm, whose tiles are fp32,
   // copies the gradient again; the bf16 layer step still gains (16384^2 b1024 99%: 2.84-2.90 vs 2.97 ms,
   // benchmarks/results/history/tune-v14-bf16-tiles.log).

@@ -1,0 +1,94 @@
+"""Times the ops and a layer step of the sparselayer package under ROOT, to compare two checkouts (needs a GPU).
+
+    git worktree add /tmp/base 8460d6b                     # the build to compare against
+    for round in 1 2; do
+      SPARSESWEEP_CACHE_DIR=/tmp/base-build python benchmarks/compare_builds.py /tmp/base
+      python benchmarks/compare_builds.py .
+    done
+
+Each process imports sparselayer from ROOT (give each checkout its own build cache, as above) and prints, per shape,
+on feature-major activations: forward, spmm_t, sddmm and layer step (median ms, each call waiting for the one before,
+as benchmarks/kernels.py times), and the host time of one forward, sddmm and step call (median us of CPU, the GPU
+idle at the call). Interleave the processes over rounds: timings drift between runs by more than most changes.
+`results/history/ab-v20-host-path.log` is v19 (base) against v20.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+SHAPES = [(4096, 4096, 4096, 0.99), (4096, 4096, 512, 0.99), (784, 512, 10000, 0.9), (16384, 16384, 1024, 0.99)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="the checkout whose sparselayer package to time")
+    root = os.path.abspath(parser.parse_args().root)
+    sys.path.insert(0, root)
+    import torch
+
+    import sparselayer
+    from sparselayer import _cuda, ops
+    from sparselayer.csr import transpose_index
+
+    if not sparselayer.__file__.startswith(root):
+        raise SystemExit(f"imported {sparselayer.__file__}, not the package under {root}")
+    _cuda.ensure_loaded()
+
+    def bench(fn, reps: int = 200) -> float:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+
+    def host_us(fn, calls: int = 50) -> float:
+        times = []
+        for _ in range(calls):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        torch.cuda.synchronize()
+        return statistics.median(times) * 1e6
+
+    for n_in, n_out, batch, sparsity in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        per_row = max(1, round(n_in * (1 - sparsity)))  # uniformly random columns, as benchmarks/kernels.py
+        col = torch.rand(n_out, n_in, device="cuda", generator=g).argsort(dim=1)[:, :per_row].sort(dim=1).values
+        col = col.reshape(-1)
+        crow = torch.arange(0, n_out * per_row + 1, per_row, device="cuda", dtype=torch.int64)
+        vals = torch.randn(col.numel(), device="cuda", generator=g)
+        ccol, row, perm = transpose_index(crow, col, n_in)
+        x = torch.randn(batch, n_in, device="cuda", generator=g).t().contiguous().t()  # feature-major
+        dy = torch.randn(batch, n_out, device="cuda", generator=g).t().contiguous().t()
+        vp, xp = vals.clone().requires_grad_(True), x.clone().requires_grad_(True)
+
+        def fwd():
+            ops.spmm(crow, col, vals, x, n_out)
+
+        def sddmm():
+            ops.sddmm(crow, col, dy, x)
+
+        def step():
+            y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)
+            vp.grad = xp.grad = None
+            y.backward(dy)
+
+        r = {"fwd": bench(fwd), "spmm_t": bench(lambda: ops.spmm_t(ccol, row, perm, vals, dy, n_in)),
+             "sddmm": bench(sddmm), "step": bench(step, 100),
+             "fwd_host_us": host_us(fwd), "sddmm_host_us": host_us(sddmm), "step_host_us": host_us(step)}
+        print(root, f"{n_in}x{n_out} b{batch} {sparsity}", " ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
