@@ -20,12 +20,16 @@ import sys
 import time
 
 SHAPES = [(4096, 4096, 4096, 0.99), (4096, 4096, 512, 0.99), (784, 512, 10000, 0.9), (16384, 16384, 1024, 0.99)]
+# --large: the two large benchmark shapes at every sparsity (kernel changes, where host time is not the question)
+LARGE = [(n, n, b, sp) for n, b in ((16384, 1024), (4096, 4096)) for sp in (0.99, 0.97, 0.9)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="the checkout whose sparselayer package to time")
-    root = os.path.abspath(parser.parse_args().root)
+    parser.add_argument("--large", action="store_true", help="the two large shapes at 90, 97 and 99%% instead")
+    args = parser.parse_args()
+    root = os.path.abspath(args.root)
     sys.path.insert(0, root)
     import torch
 
@@ -61,7 +65,7 @@ def main() -> None:
         torch.cuda.synchronize()
         return statistics.median(times) * 1e6
 
-    for n_in, n_out, batch, sparsity in SHAPES:
+    for n_in, n_out, batch, sparsity in LARGE if args.large else SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
         per_row = max(1, round(n_in * (1 - sparsity)))  # uniformly random columns, as benchmarks/kernels.py
         col = torch.rand(n_out, n_in, device="cuda", generator=g).argsort(dim=1)[:, :per_row].sort(dim=1).values

@@ -4,7 +4,8 @@
     python benchmarks/tune.py --once     # one call of each op at 16384^2, 99% (for ncu)
     python benchmarks/tune.py --vary SPARSELAYER_SPMM_PVALS=1,2   # every op at the defaults, per value, twice
     python benchmarks/tune.py --vary "SPARSELAYER_SPMM_NB=2 SPARSELAYER_SPMM_J=16"   # one variant of two settings
-    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_T=256,512 --ops sddmm   # only some ops (spmm, spmm_t, bf16 spmm, bf16 spmm_t, sddmm, step, bf16 step)
+    python benchmarks/tune.py --vary SPARSELAYER_SDDMM_T=256,512 --ops sddmm   # only some ops (spmm, spmm_t, bf16 spmm,
+        # bf16 spmm_t, sddmm, fm sddmm, step, bf16 step; "fm": on feature-major operands, no copies)
     python benchmarks/tune.py --vary SPARSELAYER_SDDMM_SORTED=1,2 --ops sddmm --all-shapes   # every benchmark shape
 
 Overrides are environment variables read by the kernels' launchers: SPARSELAYER_SPMM_DB (1: double-buffered
@@ -16,7 +17,8 @@ packed order once per call, 2: its kernel reads them through each entry's positi
 the per-topology index layouts every call), SPARSELAYER_SPMM_SORTED (1: the row-sorted spmm kernel, 2: the panel
 kernels), SPARSELAYER_SORTED_R and SPARSELAYER_SORTED_P (its rows per block and panel width), SPARSELAYER_SDDMM_SORTED (1: the
 row-sorted sddmm kernel, 2: the tile kernel), SPARSELAYER_SDDMM_SORTED_T (its threads: 256 or 512),
-SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel its 512-thread shape takes, default 256), SPARSELAYER_SHARE_FM=2
+SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel its 512-thread shape takes, default 256),
+SPARSELAYER_SDDMM_SORTED_MAX_P (the widest panel its width search tries), SPARSELAYER_SHARE_FM=2
 (spmm_t and sddmm each copy the gradient feature-major, instead of sharing spmm_t's copy), SPARSELAYER_SORTED_DESC=2 (the
 row-sorted spmm reads each chunk's descriptor from global memory instead of a panel's from shared memory),
 SPARSELAYER_SORTED_BF16=2 (the row-sorted spmm widens bf16 x to its fp32 tiles instead of bf16 tiles of 64),
@@ -80,12 +82,14 @@ def vary(variants: list[dict[str, str]], only: set[str] | None = None, cases=CAS
         dy = torch.randn(batch, n_out, device="cuda", generator=g)
         ccol, row, perm = transpose_index(crow, col, n_in)
         xb, dyb = x.bfloat16(), dy.bfloat16()
+        xf, dyf = x.t().contiguous().t(), dy.t().contiguous().t()  # feature-major: the kernels alone
         ref = ops.spmm(crow, col, values_, x, n_out)
         ops_ = {"spmm": lambda: ops.spmm(crow, col, values_, x, n_out),
                 "spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dy, n_in),
                 "bf16 spmm": lambda: ops.spmm(crow, col, values_, xb, n_out),
                 "bf16 spmm_t": lambda: ops.spmm_t(ccol, row, perm, values_, dyb, n_in),
                 "sddmm": lambda: ops.sddmm(crow, col, dy, x),
+                "fm sddmm": lambda: ops.sddmm(crow, col, dyf, xf),
                 "step": layer_step(crow, col, ccol, row, perm, values_, x, dy, n_out),
                 "bf16 step": layer_step(crow, col, ccol, row, perm, values_, xb, dyb, n_out)}
         ops_ = {name: fn for name, fn in ops_.items() if only is None or name in only}

@@ -7,14 +7,17 @@
 // panel) of a row-sorted pack (sorted.cuh): each staged x column serves R * density nonzeros, and each lane reads its
 // row's 32 grad_y values of the batch tile once into registers for all of the row's entries in the panel.
 //
-// Block: one (row block, panel) x a range of batch tiles; T threads = W warps, W = 16 over 1024-row blocks and
-// 256-column panels where the panel's sums fit beside the rest (about 99%), else W = 8 over 512-row blocks and
-// panels of up to 384 columns (on an H100), narrower where the sums need the room. Shared memory: two x tiles
-// [P][32] (16-byte cp.async from the feature-major copy of x, the next batch tile's while the current one is
-// multiplied), each warp's grad_y stages [2][32][32] (4 KB per chunk), the panel's column offsets [S] and running sums [S] (S = its padded slots, at most
-// the pack's max_bp). Warp w owns chunks w and 2 W - 1 - w (chunks come longest first, so every warp gets one long
-// and one short) for every batch tile. A lane reads its row of a chunk from the stage, and the warp then copies the
-// next tile's rows into that stage (coalesced: 4 whole 128-byte lines per instruction), which have the rest of the
+// Block: one (row block, panel) x a range of batch tiles; T threads = W warps, W = 16 over 1024-row blocks where the
+// panels' sums fit beside the rest in panels of at least 256 columns (97-99%), else W = 8 over 512-row blocks; the
+// panel width from a cost model of the grid (sddmm_grid). Shared memory: two x tiles [P][32] (16-byte cp.async from
+// the feature-major copy of x, the next batch tile's while the current one is multiplied), one grad_y stage [32][32]
+// per warp, the panel's column offsets [S] and running sums [S] (S = its padded slots, at most the pack's max_bp).
+// Warp w owns chunks w and 2 W - 1 - w (chunks come longest first, so every warp gets one long and one short) for
+// every batch tile, and they take the warp's stage in turn: a lane reads its row of the long chunk from the stage,
+// the warp copies the short chunk's rows of the tile into it (coalesced: 4 whole 128-byte lines per instruction),
+// which arrive while the long chunk is multiplied; then the short chunk's rows are read, and the long chunk's rows of
+// the next tile copied while the short one is multiplied. (v21: one stage per chunk took twice the shared memory, so
+// panels were at most 256 columns at 99%; benchmarks/kernels-notes.md.)
 // tile to arrive. Per entry and batch tile: the column offset and the running sum from shared memory, 8 lane-rotated
 // float4 reads of the x column (conflict-free, as in spmm_sorted.cu), 32 multiply-adds in 4 chains. Each sum adds its
 // batch tiles in order, and batch splits (where the grid is short of blocks) are added in split order by the group's
@@ -22,11 +25,11 @@
 // always has the same lane, whose rotated chunk order sets the rounding of each of its sums.
 //
 // Measured on an H100 (benchmarks/kernels-notes.md, v12), 16384^2 b1024: 1.04 ms at 99% (256 threads: 1.18, the tile
-// kernel 1.26), 2.13 at 97% (tile 2.94); 4096^2 b4096 0.38 and 0.66 (tile 0.50 and 0.97). A first version had each
+// kernel 1.26), 2.13 at 97% (tile 2.94); 4096^2 b4096 0.38 and 0.66 (tile 0.50 and 0.97); v21 (one stage per warp,
+// wider panels): 0.79-0.81 and 1.72-1.78 ms on 16384^2, 0.255 and 0.50 on 4096^2 b4096. A first version had each
 // lane load its own grad_y row into registers (one load instruction touching 32 cache lines): 25% slower than the
 // tile kernel at 99%, its L1 busier with those loads than with the x reads. sddmm.cu picks this kernel on products
-// of 1e8 multiply-adds and more, with panels narrowed until a panel's sums fit (224 columns at 90%); it declines
-// (returns false) where the densest panel's sums fit neither block shape.
+// of 1e8 multiply-adds and more; it declines (returns false) where the densest panel's sums fit neither block shape.
 #include "sorted.cuh"
 
 #include <ATen/ops/empty.h>
@@ -101,8 +104,8 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
   constexpr int W = T / 32, K = kChunksPerWarp;
   extern __shared__ float4 smem4[];
   float* xbuf = reinterpret_cast<float*>(smem4);          // 2 x [P][32]
-  float* stages = xbuf + 2 * P * kBt;                      // [W][K][32][32]
-  float* sums = stages + W * K * kChunk * kBt;             // [max_slots]
+  float* stages = xbuf + 2 * P * kBt;                      // [W][32][32]
+  float* sums = stages + W * kChunk * kBt;                 // [max_slots]
   int* offs = reinterpret_cast<int*>(sums + max_slots);   // [max_slots]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int p = blockIdx.y, o0 = blockIdx.x * R;
@@ -116,11 +119,11 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
   const int n_tiles = (batch + kBt - 1) / kBt;
   const int t_begin = blockIdx.z * tiles_per_split, t_end = min(n_tiles, t_begin + tiles_per_split);
   float* dst = partial ? partial + blockIdx.z * nnz : out;
-  float* stage = stages + warp * K * kChunk * kBt;
+  float* stage = stages + warp * kChunk * kBt;
 
   copy_tile<T>(xbuf, xt, ldx, batch, n_in, t_begin * kBt, p * P, P);
   int L[K], first[K], len[K];
-  int rows[K][8];  // [r][i]: the grad_y row offset this lane copies into chunk r's stage row 4 i + lane / 8
+  int rows[K][8];  // [r][i]: the grad_y row offset this lane copies into the stage row 4 i + lane / 8 for chunk r
 #pragma unroll
   for (int r = 0; r < K; ++r) {
     const int ci = r * W + ((r & 1) ? W - 1 - warp : warp);
@@ -136,8 +139,8 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
     }
 #pragma unroll
     for (int i = 0; i < 8; ++i) rows[r][i] = __shfl_sync(0xffffffffu, mine, 4 * i + (lane >> 3));
-    if (L[r] > 0) stage_rows(stage + r * kChunk * kBt, rows[r], dyt, t_begin * kBt, batch, lane);
   }
+  if (L[0] > 0) stage_rows(stage, rows[0], dyt, t_begin * kBt, batch, lane);
   cp_async_commit();
   for (int i = tid; i < S; i += T) {
     sums[i] = 0.f;
@@ -147,27 +150,39 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
 #pragma unroll
   for (int k = 0; k < 8; ++k) rot[k] = ((k + lane) & 7) * 16;
 
+  // One stage per warp, taken in turn by its two chunks: the short chunk's rows arrive while the long one is
+  // multiplied, and the long one's rows of the next batch tile while the short one is (and while the warps meet at
+  // the barrier). Copy groups per thread, in order: the short chunk's rows, then the next x tile, then the long
+  // chunk's next rows, so that waiting for the first leaves the x tile in flight.
   for (int t = t_begin; t < t_end; ++t) {
     cp_async_wait<0>();
-    __syncthreads();  // tile t and the stages are in (and the block's arrays); every warp is done with tile t - 1
-    if (t + 1 < t_end) copy_tile<T>(xbuf + ((t + 1 - t_begin) & 1) * P * kBt, xt, ldx, batch, n_in, (t + 1) * kBt,
-                                    p * P, P);
-    const char* xs = reinterpret_cast<const char*>(xbuf + ((t - t_begin) & 1) * P * kBt);
+    __syncthreads();  // tile t and the long chunk's rows are in (and the block's arrays); every warp is done with
+                      // tile t - 1
+    float4 d[8];      // the lane's grad_y row, batch chunk (k + lane) mod 8 in d[k]
+    if (L[0] > 0) {   // warp-uniform
 #pragma unroll
-    for (int r = 0; r < K; ++r) {
-      if (L[r] > 0) {  // warp-uniform
-        float* rs = stage + r * kChunk * kBt;
-        float4 d[8];  // the lane's grad_y row, batch chunk (k + lane) mod 8 in d[k]
-#pragma unroll
-        for (int k = 0; k < 8; ++k)
-          d[k] = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(rs + lane * kBt) + rot[k]);
-        __syncwarp();  // the warp's reads of this stage come before the copies of the next tile into it, which then
-                       // have the rest of this tile to arrive
-        if (t + 1 < t_end) stage_rows(rs, rows[r], dyt, (t + 1) * kBt, batch, lane);
-        multiply_rows(d, rot, xs, offs, sums, first[r], L[r]);
-      }
+      for (int k = 0; k < 8; ++k)
+        d[k] = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(stage + lane * kBt) + rot[k]);
+      __syncwarp();  // the warp's reads of the stage come before the copies into it
+      if (L[1] > 0) stage_rows(stage, rows[1], dyt, t * kBt, batch, lane);
     }
     cp_async_commit();
+    if (t + 1 < t_end) copy_tile<T>(xbuf + ((t + 1 - t_begin) & 1) * P * kBt, xt, ldx, batch, n_in, (t + 1) * kBt,
+                                    p * P, P);
+    cp_async_commit();
+    const char* xs = reinterpret_cast<const char*>(xbuf + ((t - t_begin) & 1) * P * kBt);
+    if (L[0] > 0) multiply_rows(d, rot, xs, offs, sums, first[0], L[0]);
+    if (L[1] > 0) {  // warp-uniform
+      cp_async_wait<1>();  // this lane's copies of the short chunk's rows (the x tile may still be in flight)
+      __syncwarp();        // and every lane's, visible to the warp
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        d[k] = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(stage + lane * kBt) + rot[k]);
+      __syncwarp();
+    }
+    if (t + 1 < t_end && L[0] > 0) stage_rows(stage, rows[0], dyt, (t + 1) * kBt, batch, lane);
+    cp_async_commit();
+    if (L[1] > 0) multiply_rows(d, rot, xs, offs, sums, first[1], L[1]);
   }
 #pragma unroll
   for (int r = 0; r < K; ++r)
@@ -183,9 +198,9 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
   }
 }
 
-// x tiles, grad_y stages, sums and column offsets of a T-thread block.
+// x tiles, grad_y stages (one per warp), sums and column offsets of a T-thread block.
 int sorted_sddmm_smem(const SortedConfig& c, int threads, int64_t max_slots) {
-  return static_cast<int>(2 * c.P * kBt * 4 + threads / 32 * kChunksPerWarp * kChunk * kBt * 4 + 8 * max_slots);
+  return static_cast<int>(2 * c.P * kBt * 4 + threads / 32 * kChunk * kBt * 4 + 8 * max_slots);
 }
 
 // Batch splits for a grid of `blocks` blocks (one per SM): the fewest (up to 8, keeping at least 4 batch tiles each)
@@ -202,6 +217,65 @@ int64_t choose_splits(int64_t blocks, int64_t n_tiles, int sms) {
   return best;
 }
 
+// Panels of P columns evened out: the widest narrower ones whose last panel is at least half full (no sliver).
+int even_panel_width(int64_t n_in, int P) {
+  if (P < 64) return P;
+  for (int64_t n = (n_in + P - 1) / P;; ++n) {
+    const int even = static_cast<int>(((n_in + n - 1) / n + 31) / 32 * 32);
+    if (even <= 32 || n_in - (n_in + even - 1) / even * even + even >= even / 2) return even;
+  }
+}
+
+struct SddmmGrid {
+  int P = 0;
+  int64_t n_panels = 0, splits = 1, tiles_per_split = 0;
+};
+
+// Wider panels amortise each chunk's grad_y stage over more entries, but make fewer blocks, so the batch is split more
+// ways or the last wave is emptier. Model, in shared-memory wavefronts of one block per batch tile: 32 chunks, each
+// its stage (32 written, 32 read) and its longest row's entries, one more than the average, at 35 each (the column
+// offset, the x column, the running sum read and written): 32 (99 + 35 P density); the grid runs waves x tiles per
+// split of that. The cheapest panel width, from the widest whose sums fit (up to kMaxPanel, or
+// SPARSELAYER_SDDMM_SORTED_MAX_P) down to 128 columns (or the block shape's narrowest), each as is and evened out
+// (even_panel_width), among those whose last wave is at least 90% full and whose batch is unsplit or split into
+// parts of at least kMinSplitTiles tiles (a split pays the block's fixed work again: its first tiles, the sums'
+// zeroing and writing, the reduction); where none is, the widest, evened out. Measured on an H100
+// (benchmarks/kernels-notes.md, v21; results/history/ab-v21-sddmm.log, feature-major operands, two rounds):
+// 16384^2 b1024 99% 0.80-0.81 ms over the chosen 416 columns (40 panels, no split), 0.86 over 352, 0.95 over 256,
+// 1.03-1.04 over 384 (2 splits of 16 tiles); 4096^2 b4096 99% 0.24-0.245 over the chosen 384 (3 splits of 43 tiles),
+// 0.26 over 256 and 416; 16384^2 97% 1.72-1.74 over the chosen 288, 1.80-1.83 over 256.
+constexpr int kMaxPanel = 512, kMinSearchPanel = 128;
+constexpr int64_t kMinSplitTiles = 32;
+SddmmGrid sddmm_grid(int64_t n_in, int64_t n_blocks, int64_t n_tiles, int fit, int narrowest, double density, int sms) {
+  const auto grid_of = [&](int P) {
+    SddmmGrid g;
+    g.P = P;
+    g.n_panels = (n_in + P - 1) / P;
+    g.splits = choose_splits(n_blocks * g.n_panels, n_tiles, sms);
+    g.tiles_per_split = (n_tiles + g.splits - 1) / g.splits;
+    g.splits = (n_tiles + g.tiles_per_split - 1) / g.tiles_per_split;
+    return g;
+  };
+  const int cols32 = static_cast<int>(std::min<int64_t>((n_in + 31) / 32 * 32, kMaxSortedP));
+  const int p_env = env_int("SPARSELAYER_SORTED_P"), cap_env = env_int("SPARSELAYER_SDDMM_SORTED_MAX_P");
+  if (p_env >= 32 && p_env <= kMaxSortedP && p_env % 32 == 0) return grid_of(std::min({p_env, cols32, fit}));
+  const int widest = std::min({cap_env >= 32 && cap_env % 32 == 0 ? cap_env : kMaxPanel, cols32, fit}) / 32 * 32;
+  if (widest < 32) return SddmmGrid{};
+  SddmmGrid best;
+  double best_cost = 0.0;
+  for (int cap = widest; cap >= std::max(narrowest, kMinSearchPanel); cap -= 32) {
+    for (const int P : {cap, even_panel_width(n_in, cap)}) {
+      if (P < std::max(narrowest, kMinSearchPanel)) continue;
+      const SddmmGrid g = grid_of(P);
+      const int64_t blocks = n_blocks * g.n_panels * g.splits, waves = (blocks + sms - 1) / sms;
+      if (10 * blocks < 9 * waves * sms || (g.splits > 1 && g.tiles_per_split < kMinSplitTiles)) continue;
+      const double cost = static_cast<double>(waves * g.tiles_per_split) * (99.0 + 35.0 * g.P * density);
+      if (best.P == 0 || cost < best_cost) best = g, best_cost = cost;
+    }
+  }
+  return best.P > 0 ? best : grid_of(even_panel_width(n_in, widest));
+}
+
 }  // namespace
 
 bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& grad_y, const at::Tensor& x,
@@ -210,12 +284,12 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   const int device = x.get_device();
   const int limit = max_smem_optin(device);
   const double density = static_cast<double>(nnz) / (static_cast<double>(n_out) * n_in);
-  // 512 threads over 1024-row blocks and 256-column panels (16 warps; where their sums fit: about 99%), else 256
-  // threads over 512-row blocks and the widest panels, up to 384 columns on an H100, whose sums fit (384 up to about
-  // 97%, 224 at 90%). Each shape is tried in turn until the densest panel's sums fit. Measured on an H100
-  // (benchmarks/kernels-notes.md, v12; v13: 16 warps over panels narrowed to 192 columns at 97% were slower than 8
-  // warps over 384, 16384^2 2.15 vs 2.05 ms). Tuning overrides: SPARSELAYER_SDDMM_SORTED_T (256 or 512),
-  // SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel the 16-warp kernel takes, default 256).
+  // 512 threads over 1024-row blocks where panels of at least 256 columns fit their sums (16 warps: 97-99%), else 256
+  // threads over 512-row blocks; the panel width from sddmm_grid. Each shape is tried in turn until the densest
+  // panel's sums fit. Measured on an H100 (benchmarks/kernels-notes.md, v12-v13, v21: at 97% 16 warps over 288
+  // columns, 1.72-1.78 ms on 16384^2, against 8 warps over wider panels, 1.97). Tuning overrides:
+  // SPARSELAYER_SDDMM_SORTED_T (256 or 512), SPARSELAYER_SDDMM_SORTED_MIN_P (the narrowest panel the 16-warp kernel
+  // takes, default 256), SPARSELAYER_SDDMM_SORTED_MAX_P (the widest panel tried), SPARSELAYER_SORTED_P (the width).
   const int t_env = env_int("SPARSELAYER_SDDMM_SORTED_T"), min_p_env = env_int("SPARSELAYER_SDDMM_SORTED_MIN_P");
   const bool forced = env_int("SPARSELAYER_SDDMM_SORTED") == 1;
   SortedConfig c{};
@@ -231,15 +305,15 @@ bool sorted_sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
     const double per_column = 2 * kBt * 4 + 8 * 1.1 * density * k.R;
     const int fit = static_cast<int>((limit - sorted_sddmm_smem(SortedConfig{k.R, 0, 0}, t, 0)) / per_column) / 32 * 32;
     const int min_p = t == 512 ? (min_p_env > 0 ? min_p_env : 256) : 32;
-    k.P = std::min(k.P, t == 512 ? std::min(256, fit) : fit);
+    n_blocks = (n_out + k.R - 1) / k.R;
+    const SddmmGrid g = sddmm_grid(n_in, n_blocks, n_tiles, fit, min_p, density, num_sms(device));
+    k.P = g.P;
     if (k.P < min_p) continue;
     // Where an average panel's sums would not fit, neither will the densest's: no pack built only to be dropped.
     if (sorted_sddmm_smem(k, t, static_cast<int64_t>(density * k.R * k.P)) > limit) continue;
-    n_panels = static_cast<int>((n_in + k.P - 1) / k.P);
-    n_blocks = (n_out + k.R - 1) / k.R;
-    splits = choose_splits(n_blocks * n_panels, n_tiles, num_sms(device));
-    tiles_per_split = (n_tiles + splits - 1) / splits;
-    splits = (n_tiles + tiles_per_split - 1) / tiles_per_split;
+    n_panels = static_cast<int>(g.n_panels);
+    splits = g.splits;
+    tiles_per_split = g.tiles_per_split;
     // A grid that leaves most SMs idle (a matrix of a few row blocks and panels, 784 x 512 at 97%: 16 blocks with
     // the batch split 8 ways) runs 2-3x slower than the tile kernel: declined unless forced.
     if (2 * n_blocks * n_panels * splits < num_sms(device) && !forced) continue;
