@@ -7,10 +7,11 @@
     done
 
 Each process imports sparselayer from ROOT (give each checkout its own build cache, as above) and prints, per shape,
-on feature-major activations: forward, spmm_t, sddmm and layer step (median ms, each call waiting for the one before,
-as benchmarks/kernels.py times), and the host time of one forward, sddmm and step call (median us of CPU, the GPU
-idle at the call). Interleave the processes over rounds: timings drift between runs by more than most changes.
-`results/history/ab-v20-host-path.log` is v19 (base) against v20.
+on feature-major activations: forward, spmm_t, sddmm and layer step (median ms, timed by benchmarks/kernels.py's
+bench on its topologies and layer step; the logs of v20 and v21 fixed 200 repeats instead), and the host time of
+one forward, sddmm and step call (median us of CPU, the GPU idle at the call). Interleave the processes over rounds:
+timings drift between runs by more than most changes.
+`results/history/ab-v20-host-path.log` is v19 (base) against v20, `ab-v21-sddmm.log` v20 against v21 (`--large`).
 """
 
 import argparse
@@ -40,20 +41,10 @@ def main() -> None:
     if not sparselayer.__file__.startswith(root):
         raise SystemExit(f"imported {sparselayer.__file__}, not the package under {root}")
     _cuda.ensure_loaded()
-
-    def bench(fn, reps: int = 200) -> float:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times)
+    # The benchmark's own timing, topologies and step, run on the package imported above (kernels.py's import of
+    # sparselayer finds it loaded).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from kernels import bench, layer_step, random_csr
 
     def host_us(fn, calls: int = 50) -> float:
         times = []
@@ -67,15 +58,11 @@ def main() -> None:
 
     for n_in, n_out, batch, sparsity in LARGE if args.large else SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
-        per_row = max(1, round(n_in * (1 - sparsity)))  # uniformly random columns, as benchmarks/kernels.py
-        col = torch.rand(n_out, n_in, device="cuda", generator=g).argsort(dim=1)[:, :per_row].sort(dim=1).values
-        col = col.reshape(-1)
-        crow = torch.arange(0, n_out * per_row + 1, per_row, device="cuda", dtype=torch.int64)
-        vals = torch.randn(col.numel(), device="cuda", generator=g)
+        crow, col, vals = random_csr(n_out, n_in, sparsity, g)
         ccol, row, perm = transpose_index(crow, col, n_in)
         x = torch.randn(batch, n_in, device="cuda", generator=g).t().contiguous().t()  # feature-major
         dy = torch.randn(batch, n_out, device="cuda", generator=g).t().contiguous().t()
-        vp, xp = vals.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        step = layer_step(crow, col, ccol, row, perm, vals, x, dy, n_out)
 
         def fwd():
             ops.spmm(crow, col, vals, x, n_out)
@@ -83,13 +70,8 @@ def main() -> None:
         def sddmm():
             ops.sddmm(crow, col, dy, x)
 
-        def step():
-            y = ops.linear(crow, col, ccol, row, perm, vp, xp, n_out)
-            vp.grad = xp.grad = None
-            y.backward(dy)
-
         r = {"fwd": bench(fwd), "spmm_t": bench(lambda: ops.spmm_t(ccol, row, perm, vals, dy, n_in)),
-             "sddmm": bench(sddmm), "step": bench(step, 100),
+             "sddmm": bench(sddmm), "step": bench(step),
              "fwd_host_us": host_us(fwd), "sddmm_host_us": host_us(sddmm), "step_host_us": host_us(step)}
         print(root, f"{n_in}x{n_out} b{batch} {sparsity}", " ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
 

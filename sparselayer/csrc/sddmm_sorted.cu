@@ -102,6 +102,7 @@ sddmm_sorted_kernel(const int32_t* __restrict__ items, const int2* __restrict__ 
                     int max_slots, int tiles_per_split, int64_t nnz, float* __restrict__ out,
                     float* __restrict__ partial, int* __restrict__ arrivals) {
   constexpr int W = T / 32, K = kChunksPerWarp;
+  static_assert(K == 2, "the loop below passes the warp's stage from its long chunk to its short one and back");
   extern __shared__ float4 smem4[];
   float* xbuf = reinterpret_cast<float*>(smem4);          // 2 x [P][32]
   float* stages = xbuf + 2 * P * kBt;                      // [W][32][32]
